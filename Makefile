@@ -1,0 +1,46 @@
+# The README's front door: `make demo` and `make test`. Everything runs from the project's own virtualenv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-unit test-integration test-gpu lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Caption sample images with the built-in model on a local Ray; results in ./out/
+demo: $(STAMP)
+	$(BIN)/python -m jobs.demo --out out
+
+## The whole test suite (unit + integration; no GPU needed)
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu" -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not gpu" -q
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not gpu" -q
+
+## Only on a machine with a CUDA GPU
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline jobs operators tests benchmarks
+	$(BIN)/ruff format --check pipeline jobs operators tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format pipeline jobs operators tests benchmarks
+	$(BIN)/ruff check --fix pipeline jobs operators tests benchmarks
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

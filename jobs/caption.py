@@ -1,0 +1,121 @@
+"""The caption job: one prompt for every image under a prefix, one output row per image.
+
+Recipe: read image shards -> attach the prompt -> preprocess on CPU actors -> generate on the model replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from operators.generate import Generate
+from operators.preprocess import PreprocessForModel
+from operators.prompts import with_prompt
+from pipeline.config import CaptionConfig, ConfigError
+from pipeline.model_families import ModelInfo, inspect_model
+from pipeline.prompt_formats import fallback_chat_template
+from pipeline.ray_cluster import ClusterResources, configure_ray_data, connect
+from pipeline.readers import read_image_shards
+from pipeline.runner import JobPlan, JobResult, run_job
+from pipeline.shards import plan_image_shards
+from pipeline.stages import Stage, fit_cpu_shares
+from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
+
+logger = logging.getLogger(__name__)
+
+# Rows per preprocessing call: large enough to amortise the call, small enough to keep blocks light.
+PREPROCESS_BATCH_ROWS = 16
+
+
+def resolve_gpus_per_replica(config: CaptionConfig, resources: ClusterResources) -> int:
+    """Default: one GPU per replica when the cluster has GPUs, else run the replicas on CPU."""
+    if config.gpus_per_replica is None:
+        return 1 if resources.gpus >= 1 else 0
+    if config.gpus_per_replica > 0 and resources.local and resources.gpus < config.gpus_per_replica:
+        raise ConfigError(
+            f"gpus_per_replica: {config.gpus_per_replica} GPUs asked per replica but this machine's Ray sees "
+            f"{resources.gpus:g}; use --gpus-per-replica 0 to run on CPU, or join a GPU cluster with --address"
+        )
+    return config.gpus_per_replica
+
+
+def caption_stages(
+    config: CaptionConfig, model: ModelInfo, resources: ClusterResources, options: StorageOptions
+) -> list[Stage]:
+    gpus = resolve_gpus_per_replica(config, resources)
+    shares = fit_cpu_shares(resources.cpus, config.preprocess_workers, config.replicas.max, gpu_replicas=gpus > 0)
+    return [
+        Stage("read", read_image_shards, batch_size=1, num_cpus=shares.read, fn_kwargs={"options": options}),
+        Stage("prompt", with_prompt, num_cpus=shares.read, fn_kwargs={"prompt": config.prompt}),
+        Stage(
+            "preprocess",
+            PreprocessForModel,
+            batch_size=PREPROCESS_BATCH_ROWS,
+            num_cpus=shares.preprocess,
+            pool=(1, config.preprocess_workers),
+            constructor_kwargs={
+                "model": config.model,
+                "max_image_pixels": config.max_image_pixels,
+                "fallback_chat_template": fallback_chat_template(model),
+                "trust_remote_code": config.trust_remote_code,
+            },
+        ),
+        Stage(
+            "generate",
+            Generate,
+            batch_size=config.batch_size,
+            num_cpus=shares.generate,
+            num_gpus=gpus,
+            pool=(config.replicas.min, config.replicas.max),
+            constructor_kwargs={
+                "model": config.model,
+                "generate_kwargs": config.generation.generate_kwargs(),
+                "seed": config.seed,
+                "dtype": config.dtype,
+                "attn_implementation": config.attn_implementation,
+                "trust_remote_code": config.trust_remote_code,
+                # A replica larger than one GPU is spread over its GPUs by accelerate.
+                "device_map": "auto" if gpus > 1 else None,
+            },
+        ),
+    ]
+
+
+def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
+    """The settings that change a row's result: outputs made with other values must not be mixed in."""
+    return {
+        "job": "caption",
+        "model": config.model,
+        "family": model.family,
+        "prompt": config.prompt,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "max_image_pixels": config.max_image_pixels,
+    }
+
+
+def run_caption(config: CaptionConfig) -> JobResult:
+    """The whole job. Everything that can be checked (settings, model family, input listing) is checked before
+    Ray starts, so a typo costs seconds, not a cluster start."""
+    options = StorageOptions(config.s3_endpoint_url)
+    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
+    shards = plan_image_shards(config.input, options, config.files_per_shard)
+    if not shards:
+        raise ConfigError(
+            f"input: no image files under {config.input!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    resources = connect(config.address)
+    configure_ray_data()
+    plan = JobPlan(
+        job="caption",
+        output_uri=config.output,
+        options=options,
+        shards=shards,
+        stages=caption_stages(config, model, resources, options),
+        fingerprint=fingerprint(config, model),
+        overwrite=config.overwrite,
+        manifest_extra={"config": config.to_dict(), "model_family": model.family},
+    )
+    return run_job(plan)

@@ -1,0 +1,177 @@
+"""GPU side: one model replica per actor; left-pads a batch of preprocessed rows and runs batched `generate`.
+
+Reads `model_inputs` (packed arrays), optional `error`; writes `generated_text`, `num_output_tokens`,
+`finish_reason`, `model`, `error`; drops `model_inputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from operators.batch import column, require_columns, row_count
+from operators.tensor_codec import unpack_arrays
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dtype(name: str, device_type: str) -> torch.dtype:
+    """`auto` is bfloat16 on GPUs that support it (else float16), float32 on CPU."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    device_map: dict[str, Any] | str | None = None,
+) -> torch.nn.Module:
+    """Load once per actor; `device_map` comes from pipeline.placement when a replica spans several GPUs."""
+    from transformers import AutoModelForImageTextToText
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = {
+        "dtype": resolve_dtype(dtype, device_type),
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    loaded = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+    if device_map is None:
+        loaded.to(device_type)
+    return loaded.eval()
+
+
+def left_pad_collate(
+    rows: list[dict[str, np.ndarray]], pad_token_id: int, *, padding_side: str = "left"
+) -> dict[str, torch.Tensor]:
+    """Stack unpadded rows into one batch.
+
+    Token ids are padded on `padding_side` (left for decoder-only generation, so every row's last prompt token
+    sits at the same position). Vision arrays are concatenated along dim 0 (one entry per image) and zero-padded
+    in the other dims, which is how LLaVA-NeXT's processor pads its variable number of anyres patches; the model
+    drops those padded patches using `image_sizes`.
+    """
+    longest = max(len(row["input_ids"]) for row in rows)
+    input_ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for index, row in enumerate(rows):
+        ids = row["input_ids"]
+        span = slice(longest - len(ids), longest) if padding_side == "left" else slice(0, len(ids))
+        input_ids[index, span] = ids
+        attention_mask[index, span] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+    for name in rows[0]:
+        if name != "input_ids":
+            batch[name] = torch.from_numpy(_concat_zero_padded([row[name] for row in rows]))
+    return batch
+
+
+def _concat_zero_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    target = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays)))
+    padded = []
+    for array in arrays:
+        widths = [(0, 0)] + [(0, want - have) for want, have in zip(target, array.shape[1:])]
+        padded.append(np.pad(array, widths) if any(after for _, after in widths) else array)
+    return np.concatenate(padded, axis=0)
+
+
+class Generate:
+    """A model replica. Preprocessing never happens here: rows arrive tokenized with pixel values ready."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        generate_kwargs: dict[str, Any],
+        seed: int = 0,
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        device_map: dict[str, Any] | str | None = None,
+        padding_side: str = "left",
+    ) -> None:
+        from operators.preprocess import load_processor
+
+        self.model_name = model
+        self.model = load_model(
+            model,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+        )
+        self.tokenizer = load_processor(model, trust_remote_code=trust_remote_code).tokenizer
+        self.generate_kwargs = dict(generate_kwargs)
+        self.seed = seed
+        self.padding_side = padding_side
+        config = self.model.generation_config
+        eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        require_columns(batch, ("model_inputs",), stage="generate")
+        size = row_count(batch)
+        errors = column(batch, "error", size)
+        texts = np.full(size, None, dtype=object)
+        output_tokens = np.full(size, None, dtype=object)
+        finish_reasons = np.full(size, None, dtype=object)
+        ready = [index for index in range(size) if errors[index] is None and batch["model_inputs"][index] is not None]
+        if ready:
+            rows = [unpack_arrays(batch["model_inputs"][index]) for index in ready]
+            ids = [str(value) for value in batch["id"][ready]] if "id" in batch else [str(i) for i in ready]
+            try:
+                results = self.generate_rows(rows, seed_key="|".join(ids))
+            except Exception as error:  # a failing batch becomes error rows, the replica keeps serving
+                logger.exception("generation failed for a batch of %d rows", len(rows))
+                results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
+            for index, (text, count, reason, error) in zip(ready, results):
+                texts[index], output_tokens[index], finish_reasons[index] = text, count, reason
+                errors[index] = errors[index] if error is None else error
+        out = {name: values for name, values in batch.items() if name != "model_inputs"}
+        out.update(
+            generated_text=texts,
+            num_output_tokens=output_tokens,
+            finish_reason=finish_reasons,
+            model=np.full(size, self.model_name, dtype=object),
+            error=errors,
+        )
+        return out
+
+    @torch.inference_mode()
+    def generate_rows(
+        self, rows: list[dict[str, np.ndarray]], *, seed_key: str = ""
+    ) -> list[tuple[str | None, int | None, str | None, str | None]]:
+        """(text, num_output_tokens, finish_reason, error) per row, in order."""
+        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
+        device = self.model.device
+        floating = self.model.dtype
+        inputs = {
+            name: tensor.to(device, dtype=floating if tensor.is_floating_point() else tensor.dtype)
+            for name, tensor in inputs.items()
+        }
+        # Sampling is seeded per batch from the row ids, so a re-run of the same batch samples the same text.
+        torch.manual_seed(zlib.crc32(f"{self.seed}|{seed_key}".encode()))
+        output = self.model.generate(**inputs, **self.generate_kwargs, pad_token_id=self.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
+        return [self._finish(tokens) for tokens in new_tokens]
+
+    def _finish(self, tokens: list[int]) -> tuple[str, int, str, None]:
+        stop_at = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
+        # No end-of-sequence token among the new tokens means the row ran out of its max_new_tokens budget.
+        kept, reason = (tokens, "length") if stop_at is None else (tokens[: stop_at + 1], "stop")
+        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return text, len(kept), reason, None

@@ -1,0 +1,92 @@
+"""CPU side of a model: decode images, render the chat prompt, run the family's processor, tokenize unpadded.
+
+Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `error`;
+writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from operators.batch import column, require_columns, row_count
+from operators.chat_template import render_prompt, user_turn
+from operators.decode import ImageDecodeError, decode_image
+from operators.tensor_codec import pack_arrays
+
+logger = logging.getLogger(__name__)
+
+
+def load_processor(model: str, *, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's processor with the PIL image backend pinned, so pixels do not depend on torchvision."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+    except TypeError:  # older transformers without the `backend` switch only have the PIL processors
+        return AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
+class PreprocessForModel:
+    """Holds one processor per actor; each call turns a batch of raw rows into model-ready packed inputs."""
+
+    input_columns = ("image_bytes", "prompt")
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_image_pixels: int,
+        fallback_chat_template: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.processor = load_processor(model, trust_remote_code=trust_remote_code)
+        self.max_image_pixels = max_image_pixels
+        self.fallback_chat_template = fallback_chat_template
+        self.image_token_id = _image_token_id(self.processor)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        require_columns(batch, self.input_columns, stage="preprocess")
+        size = row_count(batch)
+        errors = column(batch, "error", size)
+        packed = np.empty(size, dtype=object)
+        num_input_tokens = np.full(size, None, dtype=object)
+        num_image_tokens = np.full(size, None, dtype=object)
+        for index in range(size):
+            if errors[index] is not None:
+                continue
+            try:
+                arrays = self.preprocess_row(batch["image_bytes"][index], str(batch["prompt"][index]))
+            except ImageDecodeError as error:
+                errors[index] = f"decode: {error}"
+                continue
+            except Exception as error:  # a row the processor rejects must not take the batch down
+                logger.warning("preprocess failed for row %d: %s", index, error)
+                errors[index] = f"preprocess: {type(error).__name__}: {error}"
+                continue
+            packed[index] = pack_arrays(arrays)
+            num_input_tokens[index] = int(arrays["input_ids"].shape[-1])
+            num_image_tokens[index] = int((arrays["input_ids"] == self.image_token_id).sum())
+        out = {name: values for name, values in batch.items() if name != "image_bytes"}
+        out.update(
+            model_inputs=packed, num_input_tokens=num_input_tokens, num_image_tokens=num_image_tokens, error=errors
+        )
+        return out
+
+    def preprocess_row(self, image_bytes: Any, prompt: str) -> dict[str, np.ndarray]:
+        """One row: decoded images in order, prompt rendered with one image item per image, processor outputs."""
+        payloads = list(image_bytes) if isinstance(image_bytes, (list, tuple, np.ndarray)) else [image_bytes]
+        images = [decode_image(payload, max_image_pixels=self.max_image_pixels) for payload in payloads]
+        text = render_prompt(self.processor, user_turn(prompt, len(images)), self.fallback_chat_template)
+        encoded = self.processor(text=[text], images=images, return_tensors="np")
+        arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
+        arrays["input_ids"] = arrays["input_ids"][0].astype(np.int64)
+        return arrays
+
+
+def _image_token_id(processor: Any) -> int:
+    tokenizer = processor.tokenizer
+    token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
+    return int(tokenizer.convert_tokens_to_ids(token))

@@ -1,0 +1,123 @@
+"""The `llava-batch` command: maps job names to their run functions and every config field to a flag.
+
+Flags are generated from the config dataclass, so YAML keys and flags can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from pipeline.config import CaptionConfig, ConfigError, load_config
+
+logger = logging.getLogger("llava_batch")
+
+FIELD_HELP = {
+    "input": "images to process: a local folder, file://, s3://bucket/prefix/ or any fsspec URL",
+    "output": "where Parquet results go (local folder, s3://, ...); must not be inside the input",
+    "model": "hub id or local directory of a LLaVA-family checkpoint",
+    "prompt": "the user text sent with every image",
+    "max_new_tokens": "most tokens to generate per row",
+    "temperature": "0 = greedy (default); > 0 samples",
+    "top_p": "nucleus sampling mass when temperature > 0",
+    "seed": "seed for sampling (per batch, from the row ids)",
+    "batch_size": "rows per generate() call on each replica",
+    "replicas": "model replicas: N, or MIN:MAX to autoscale",
+    "gpus_per_replica": "GPUs per replica (0 = CPU; >1 shards the model with accelerate); default: 1 if GPUs exist",
+    "preprocess_workers": "most CPU actors decoding and preprocessing images",
+    "files_per_shard": "input files per shard, the unit of commit and resume",
+    "dtype": "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU",
+    "attn_implementation": "attention kernel",
+    "max_image_pixels": "images with more pixels become error rows (decompression-bomb guard)",
+    "s3_endpoint_url": "S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    "address": "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)",
+    "overwrite": "delete previous results in the output and start over",
+    "trust_remote_code": "allow the checkpoint's own Python code to run (off unless you turn it on)",
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    parser.add_argument("--config", help="YAML file with any of the settings below; flags override it")
+    for field in fields(config_class):
+        if not field.init:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        annotation = str(field.type)
+        kwargs: dict[str, Any] = {"default": None, "help": FIELD_HELP.get(field.name, "")}
+        if annotation.startswith("bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif annotation.startswith("int"):
+            kwargs["type"] = int
+        elif annotation.startswith("float"):
+            kwargs["type"] = float
+        parser.add_argument(flag, **kwargs)
+
+
+def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    return {field.name: getattr(args, field.name) for field in fields(config_class) if field.init}
+
+
+def run_caption_command(args: argparse.Namespace) -> int:
+    from jobs.caption import run_caption
+    from pipeline.ray_cluster import shutdown
+
+    config = load_config(CaptionConfig, args.config, config_overrides(args, CaptionConfig))
+    try:
+        result = run_caption(config)
+    finally:
+        shutdown()
+    print(result.summary)
+    return 0
+
+
+def run_make_tiny_model(args: argparse.Namespace) -> int:
+    from pipeline.tiny_models import build_tiny_model
+
+    path = build_tiny_model(args.family, args.out, seed=args.seed)
+    print(f"tiny {args.family} model written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.tiny_models import FAMILIES
+
+    parser = argparse.ArgumentParser(prog="llava-batch", description="Batch inference for LLaVA-family models on Ray")
+    parser.add_argument("--log-level", default=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser("caption", help="caption every image under a prefix")
+    add_config_flags(caption, CaptionConfig)
+    caption.set_defaults(handler=run_caption_command)
+
+    tiny = commands.add_parser("make-tiny-model", help="build a tiny random-weight model offline (smoke tests)")
+    tiny.add_argument("--family", required=True, choices=FAMILIES)
+    tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=run_make_tiny_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError) as error:
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

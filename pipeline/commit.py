@@ -1,0 +1,161 @@
+"""Exactly-once output: rows are gathered per input shard on the driver and each complete shard is written as
+one Parquet file, atomically. A shard's file existing means the shard is done; re-runs skip it.
+
+Layout under the output URI: `part-<shard_id>.parquet` files (the data), `_job.json` (what produced them),
+`_manifest.json` (written last). Files starting with `_` or `.` are ignored by Parquet readers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.storage import (
+    StorageOptions,
+    delete_file,
+    join_uri,
+    list_names,
+    read_bytes,
+    write_parquet_atomically,
+    write_text,
+)
+
+logger = logging.getLogger(__name__)
+
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+JOB_FILE = "_job.json"
+
+# The columns every output has, in this order and with these types; job-specific columns follow.
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("prompt", pa.string()),
+        ("generated_text", pa.string()),
+        ("num_input_tokens", pa.int64()),
+        ("num_output_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("model", pa.string()),
+        ("error", pa.string()),
+        ("shard_id", pa.string()),
+    ]
+)
+# Bookkeeping that travels with rows through the pipeline but is not output.
+INTERNAL_COLUMNS = ("shard_rows", "num_image_tokens", "image_bytes", "model_inputs")
+
+
+def part_name(shard_id: str) -> str:
+    return f"{PART_PREFIX}{shard_id}{PART_SUFFIX}"
+
+
+def committed_shard_ids(output_uri: str, options: StorageOptions) -> set[str]:
+    """One listing of the output folder: its size is the number of shards, not rows."""
+    return {
+        name[len(PART_PREFIX) : -len(PART_SUFFIX)]
+        for name in list_names(output_uri, options)
+        if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+    }
+
+
+def check_job_identity(output_uri: str, fingerprint: dict, options: StorageOptions, *, overwrite: bool) -> None:
+    """Refuse to mix results of different settings (prompt, model, ...) in one output, unless overwriting."""
+    from pipeline.config import ConfigError
+
+    if JOB_FILE not in list_names(output_uri, options):
+        write_text(join_uri(output_uri, JOB_FILE), json.dumps(fingerprint, indent=2, sort_keys=True), options)
+        return
+    existing = json.loads(read_bytes(join_uri(output_uri, JOB_FILE), options))
+    if existing == fingerprint:
+        return
+    if not overwrite:
+        changed = sorted(key for key in set(existing) | set(fingerprint) if existing.get(key) != fingerprint.get(key))
+        raise ConfigError(
+            f"output: {output_uri!r} holds results made with other settings (changed: {', '.join(changed)}); "
+            "pass --overwrite to replace them, or choose a new output location"
+        )
+    write_text(join_uri(output_uri, JOB_FILE), json.dumps(fingerprint, indent=2, sort_keys=True), options)
+
+
+def remove_parts(output_uri: str, shard_ids: set[str], options: StorageOptions) -> None:
+    for shard_id in sorted(shard_ids):
+        delete_file(join_uri(output_uri, part_name(shard_id)), options)
+
+
+@dataclass
+class CommitStats:
+    rows: int = 0
+    errors: int = 0
+    output_tokens: int = 0
+    shards: int = 0
+    errors_by_kind: Counter = field(default_factory=Counter)
+
+
+class ShardCommitter:
+    """Buffers result rows by shard; writes a shard's file once all its rows have arrived."""
+
+    def __init__(self, output_uri: str, options: StorageOptions) -> None:
+        self.output_uri = output_uri
+        self.options = options
+        self.pending: dict[str, list[pa.Table]] = {}
+        self.pending_rows: Counter = Counter()
+        self.expected_rows: dict[str, int] = {}
+        self.stats = CommitStats()
+
+    def add(self, table: pa.Table) -> None:
+        shard_ids = table.column("shard_id").to_pylist()
+        expected = table.column("shard_rows").to_pylist()
+        for shard_id in dict.fromkeys(shard_ids):
+            rows = table.filter(pc.equal(table.column("shard_id"), shard_id))
+            self.expected_rows[shard_id] = int(expected[shard_ids.index(shard_id)])
+            self.pending.setdefault(shard_id, []).append(rows)
+            self.pending_rows[shard_id] += rows.num_rows
+            if self.pending_rows[shard_id] >= self.expected_rows[shard_id]:
+                self._commit(shard_id)
+
+    def incomplete_shards(self) -> dict[str, tuple[int, int]]:
+        """Shards with rows still missing: {shard_id: (rows seen, rows expected)}."""
+        return {shard_id: (self.pending_rows[shard_id], self.expected_rows[shard_id]) for shard_id in self.pending}
+
+    def _commit(self, shard_id: str) -> None:
+        table = to_output_table(pa.concat_tables(self.pending.pop(shard_id), promote_options="permissive"))
+        seen, expected = self.pending_rows.pop(shard_id), self.expected_rows.pop(shard_id)
+        if seen != expected or len(set(table.column("id").to_pylist())) != table.num_rows:
+            raise RuntimeError(
+                f"shard {shard_id}: {seen} rows for {expected} inputs (duplicate ids); refusing to commit it"
+            )
+        write_parquet_atomically(table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options)
+        errors = [value for value in table.column("error").to_pylist() if value is not None]
+        self.stats.rows += table.num_rows
+        self.stats.shards += 1
+        self.stats.errors += len(errors)
+        self.stats.errors_by_kind.update(error.split(":", 1)[0] for error in errors)
+        self.stats.output_tokens += int(pc.sum(table.column("num_output_tokens")).as_py() or 0)
+        logger.debug("committed shard %s (%d rows)", shard_id, table.num_rows)
+
+
+def _cast(values: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    # Ray turns object arrays of ints with None into float64 with NaN; NaN is a missing value here.
+    if pa.types.is_floating(values.type) and not pa.types.is_floating(target):
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+    return values.cast(target)
+
+
+def to_output_table(table: pa.Table) -> pa.Table:
+    """Fixed columns first, cast to their declared types (a block of only errors holds nulls of no type)."""
+    columns, fields = [], []
+    for target in OUTPUT_SCHEMA:
+        if target.name in table.column_names:
+            columns.append(_cast(table.column(target.name), target.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, target.type))
+        fields.append(target)
+    for name in table.column_names:
+        if name not in OUTPUT_SCHEMA.names and name not in INTERNAL_COLUMNS:
+            columns.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))

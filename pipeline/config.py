@@ -1,0 +1,213 @@
+"""Typed job configuration: dataclasses validated on construction, loadable from YAML and CLI flags.
+
+Every error names the field, the bad value and what is allowed, and is raised before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the field and the allowed values."""
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class ReplicaRange:
+    """Number of model replicas: fixed (min == max) or an autoscaling range."""
+
+    min: int
+    max: int
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str = "replicas") -> ReplicaRange:
+        if isinstance(value, ReplicaRange):
+            return value
+        text = str(value).strip()
+        try:
+            if ":" in text:
+                low, high = (int(part) for part in text.split(":", 1))
+            else:
+                low = high = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"{field_name}: {value!r} is not a replica count; use N (e.g. 2) or MIN:MAX (e.g. 1:4)"
+            ) from None
+        if low < 1 or high < low:
+            raise ConfigError(f"{field_name}: {value!r} must satisfy 1 <= MIN <= MAX")
+        return cls(low, high)
+
+    def __str__(self) -> str:
+        return str(self.min) if self.min == self.max else f"{self.min}:{self.max}"
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings passed to `model.generate`; greedy unless temperature > 0."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("max_new_tokens", self.max_new_tokens, 1, 32768)
+        _check_range("temperature", self.temperature, 0.0, 10.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        _check_type("seed", self.seed, int)
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        else:
+            # Explicit so that a checkpoint's generation_config cannot switch sampling on behind our back.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+@dataclass
+class CaptionConfig:
+    """Everything `llava-batch caption` needs; field names match the CLI flags (dashes become underscores)."""
+
+    input: str = ""
+    output: str = ""
+    model: str = ""
+    prompt: str = "Describe this image."
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    replicas: ReplicaRange | str = "1"
+    gpus_per_replica: int | None = None
+    preprocess_workers: int = 1
+    files_per_shard: int = 256
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    max_image_pixels: int = 64_000_000
+    s3_endpoint_url: str | None = None
+    address: str | None = None
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    generation: GenerationSettings = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name}: required (got {value!r}); pass --{name} or set it in the YAML config")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
+        self.replicas = ReplicaRange.parse(self.replicas)
+        _check_range("batch_size", self.batch_size, 1, 4096)
+        _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
+        _check_range("files_per_shard", self.files_per_shard, 1, 1_000_000)
+        _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
+        if self.gpus_per_replica is not None:
+            _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _check_type("overwrite", self.overwrite, bool)
+        _check_type("trust_remote_code", self.trust_remote_code, bool)
+        self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        if _same_or_nested(self.input, self.output):
+            raise ConfigError(
+                f"output: {self.output!r} is inside (or equal to) input {self.input!r}; results would be read "
+                "back as inputs on the next run. Choose an output location outside the input."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly view (for the manifest and `--print-config`)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        out["replicas"] = str(self.replicas)
+        return out
+
+
+def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    """Build `cls` from a YAML file (optional) with CLI overrides on top; unknown keys are errors."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config: file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}")
+        values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; allowed: {sorted(known)}")
+    for f in fields(cls):
+        if f.name in values:
+            values[f.name] = _coerce(f.name, values[f.name], f.type)
+    return cls(**values)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """YAML and flags both deliver strings or plain scalars; turn them into the declared type."""
+    text = str(annotation)
+    try:
+        if text.startswith("int") and not isinstance(value, bool):
+            return int(value)
+        if text.startswith("float") and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if text.startswith("bool") and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {value!r} is not a boolean; use true or false")
+    return value
+
+
+def _check_type(name: str, value: Any, expected: type) -> None:
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{name}: {value!r} must be of type {expected.__name__}")
+
+
+def _check_range(
+    name: str, value: Any, low: float, high: float, *, low_inclusive: bool = True
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: {value!r} must be a number between {low} and {high}")
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high:
+        bracket = "[" if low_inclusive else "("
+        raise ConfigError(f"{name}: {value!r} is out of range; allowed {bracket}{low}, {high}]")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _same_or_nested(input_uri: str, output_uri: str) -> bool:
+    from pipeline.storage import normalize_uri
+
+    source = normalize_uri(input_uri).rstrip("/") + "/"
+    target = normalize_uri(output_uri).rstrip("/") + "/"
+    return target.startswith(source)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """dataclasses.replace that re-runs validation (used by tests and the CLI)."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,74 @@
+"""Start a local Ray that is safe on a laptop, or join an existing cluster (`--address` / RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# Ray's worker processes inherit these; they keep a local Ray on loopback and out of the home directory.
+LOCAL_RAY_ENV = {
+    # Without it Ray listens on every interface even when told 127.0.0.1 (seen, STACK-NOTES).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # No auth token file written under ~/.ray.
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    cpus: float
+    gpus: float
+    local: bool
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterResources:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a private local one."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        pass
+    elif address:
+        logger.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+        temp_dir = tempfile.mkdtemp(prefix="llava-batch-ray-")
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+        logger.info("started a local Ray (logs in %s)", temp_dir)
+    resources = ray.cluster_resources()
+    return ClusterResources(
+        cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), local=not address
+    )
+
+
+def configure_ray_data(show_ray_progress: bool = False) -> None:
+    """Our own progress line replaces Ray Data's bars by default; they flood logs of batch jobs."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = show_ray_progress
+    context.print_on_execution_start = False
+    # Bounded in-flight data: the driver's memory must not grow with the dataset.
+    context.execution_options.preserve_order = False
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,163 @@
+"""Run a job: skip committed shards, stream the rest through the stages, commit per shard, write the manifest.
+
+The driver only holds shard descriptors and the rows of shards still in flight, so its memory does not grow
+with the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.commit import ShardCommitter, check_job_identity, committed_shard_ids, remove_parts
+from pipeline.progress import ProgressReporter, summary_text
+from pipeline.shards import Shard
+from pipeline.stages import Stage, apply_stages
+from pipeline.storage import StorageOptions, join_uri, write_text
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "_manifest.json"
+
+
+@dataclass
+class JobPlan:
+    """What to run: the shards of input, the stages in order (the first one reads), where results go."""
+
+    job: str
+    output_uri: str
+    options: StorageOptions
+    shards: list[Shard]
+    stages: list[Stage]
+    fingerprint: dict[str, Any]
+    rows_per_input: int = 1
+    overwrite: bool = False
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobResult:
+    rows: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    skipped_shards: int
+    skipped_rows: int
+    elapsed: float
+    output_tokens: int
+    summary: str
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.rows if self.rows else 0.0
+
+
+def run_job(plan: JobPlan) -> JobResult:
+    import ray.data
+
+    started_at = datetime.now(timezone.utc)
+    started = time.monotonic()
+    # 1. Decide what is left to do from one listing of the output.
+    if plan.overwrite:
+        remove_parts(plan.output_uri, committed_shard_ids(plan.output_uri, plan.options), plan.options)
+    check_job_identity(plan.output_uri, plan.fingerprint, plan.options, overwrite=plan.overwrite)
+    committed = committed_shard_ids(plan.output_uri, plan.options)
+    planned = {shard.shard_id for shard in plan.shards}
+    todo = [shard for shard in plan.shards if shard.shard_id not in committed]
+    skipped = [shard for shard in plan.shards if shard.shard_id in committed]
+    skipped_rows = sum(len(shard.members) for shard in skipped) * plan.rows_per_input
+    total_rows = sum(len(shard.members) for shard in todo) * plan.rows_per_input
+    logger.info(
+        "%s: %d shards (%d rows) to do, %d shards already committed",
+        plan.job,
+        len(todo),
+        total_rows,
+        len(skipped),
+    )
+
+    # 2. Stream the missing shards through the stages; commit each shard when its last row arrives.
+    committer = ShardCommitter(plan.output_uri, plan.options)
+    if todo:
+        progress = ProgressReporter(plan.job, total_rows)
+        items = [shard.to_item() for shard in todo]
+        dataset = apply_stages(ray.data.from_items(items, override_num_blocks=len(items)), plan.stages)
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            committer.add(table)
+            progress.update(committer.stats.rows, committer.stats.errors)
+        progress.update(committer.stats.rows, committer.stats.errors, force=True)
+    incomplete = committer.incomplete_shards()
+    if incomplete:
+        raise RuntimeError(
+            f"{len(incomplete)} shard(s) did not receive all their rows and were not committed: "
+            f"{dict(list(incomplete.items())[:5])}; re-run the same command to redo them"
+        )
+
+    # 3. Shards no longer in the input plan (their files were regrouped or removed) would duplicate ids.
+    stale = committed - planned
+    if stale:
+        logger.info("removing %d output part(s) whose input shards no longer exist", len(stale))
+        remove_parts(plan.output_uri, stale, plan.options)
+
+    elapsed = time.monotonic() - started
+    stats = committer.stats
+    summary = summary_text(
+        job=plan.job,
+        rows=stats.rows,
+        errors=stats.errors,
+        errors_by_kind=dict(stats.errors_by_kind),
+        skipped_rows=skipped_rows,
+        elapsed=elapsed,
+        output_tokens=stats.output_tokens,
+        output_uri=plan.output_uri,
+    )
+    result = JobResult(
+        rows=stats.rows,
+        errors=stats.errors,
+        errors_by_kind=dict(stats.errors_by_kind),
+        skipped_shards=len(skipped),
+        skipped_rows=skipped_rows,
+        elapsed=elapsed,
+        output_tokens=stats.output_tokens,
+        summary=summary,
+    )
+    # 4. The manifest is written last: its presence says this run finished.
+    write_manifest(plan, result, started_at)
+    return result
+
+
+def write_manifest(plan: JobPlan, result: JobResult, started_at: datetime) -> None:
+    manifest = {
+        "job": plan.job,
+        "settings": plan.fingerprint,
+        **plan.manifest_extra,
+        "versions": package_versions(),
+        "counts": {
+            "shards_total": len(plan.shards),
+            "shards_skipped": result.skipped_shards,
+            "rows_written": result.rows,
+            "rows_skipped": result.skipped_rows,
+            "errors": result.errors,
+            "errors_by_kind": result.errors_by_kind,
+        },
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "elapsed_s": round(result.elapsed, 3),
+        "images_per_s": round(result.rows / result.elapsed, 3) if result.elapsed > 0 else None,
+    }
+    write_text(join_uri(plan.output_uri, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str), plan.options)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("llava-batch", "torch", "transformers", "accelerate", "ray", "pyarrow", "pillow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

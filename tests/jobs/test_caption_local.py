@@ -1,0 +1,119 @@
+"""The caption job end to end on local files: Ray Data, CPU and model actor pools, Parquet output."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from tests.support.images import write_images
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    names = write_images(folder, 5)
+    (folder / "nested").mkdir()
+    (folder / "nested" / "broken.jpg").write_bytes(b"<html>this is not a jpeg</html>")
+    (folder / "README.txt").write_text("not an image, skipped")
+    return folder, sorted(names + ["nested/broken.jpg"])
+
+
+def read_rows(output):
+    table = pq.read_table(output)
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_folder, tiny_models, capsys):
+    folder, expected_ids = image_folder
+    output = tmp_path / "captions"
+    argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
+    argv += ["--max-new-tokens", "6", "--batch-size", "4", "--files-per-shard", "4", "--prompt", "What is it?"]
+    assert main(argv) == 0
+    rows = read_rows(output)
+    assert sorted(rows) == expected_ids
+    broken = rows["nested/broken.jpg"]
+    assert broken["error"].startswith("decode: cannot decode image")
+    assert broken["generated_text"] is None and broken["source"] == str(folder / "nested" / "broken.jpg")
+    good = [row for name, row in rows.items() if name != "nested/broken.jpg"]
+    assert all(row["error"] is None for row in good)
+    assert all(isinstance(row["generated_text"], str) for row in good)
+    assert all(row["finish_reason"] in ("stop", "length") for row in good)
+    assert all(0 < row["num_output_tokens"] <= 6 for row in good)
+    assert all(row["num_input_tokens"] > 5 and row["prompt"] == "What is it?" for row in good)
+    assert {row["model"] for row in rows.values()} == {str(tiny_models["llava"])}
+    summary = capsys.readouterr().out
+    assert "rows written      6" in summary and "rows with errors  1 (decode: 1)" in summary
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["counts"]["rows_written"] == 6 and manifest["counts"]["errors_by_kind"] == {"decode": 1}
+
+    # A second run into the same output neither appends nor redoes: every id is still there exactly once.
+    before = {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")}
+    assert main(argv) == 0
+    assert "already committed 6 (skipped)" in capsys.readouterr().out
+    assert sorted(read_rows(output)) == expected_ids
+    assert {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")} == before
+
+    # Other settings into the same output are refused before any work; --overwrite redoes it.
+    assert main(argv[:-2] + ["--prompt", "Something else?"]) == 2
+    assert "changed: prompt" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--prompt", "Something else?", "--overwrite"]) == 0
+    rows = read_rows(output)
+    assert sorted(rows) == expected_ids and {row["prompt"] for row in rows.values()} == {"Something else?"}
+
+
+def test_output_loads_with_hf_datasets(tmp_path, tiny_models):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    output = tmp_path / "out"
+    argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["vipllava"])]
+    assert main(argv + ["--max-new-tokens", "4"]) == 0
+    loaded = datasets.load_dataset("parquet", data_files=str(output / "*.parquet"), split="train")
+    assert sorted(loaded["id"]) == ["img-000.png", "img-001.jpg", "img-002.png"]
+    assert {"generated_text", "finish_reason", "num_output_tokens", "error"} <= set(loaded.column_names)
+
+
+def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
+    folder = tmp_path / "in"
+    write_images(folder, 2)
+    command = [sys.executable, "-m", "pipeline.cli", "caption", "--input", str(folder)]
+    command += ["--output", str(tmp_path / "out"), "--model", str(tiny_models["llava"]), "--max-new-tokens", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows written      2" in done.stdout
+    assert pq.read_table(tmp_path / "out").num_rows == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (["--batch-size", "0"], "batch_size: 0 is out of range"),
+        (["--replicas", "3:1"], "replicas: '3:1' must satisfy"),
+        (["--model", "/nonexistent/model"], "is not a model directory"),
+    ],
+)
+def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, changes, message):
+    import ray
+
+    folder = tmp_path / "in"
+    write_images(folder, 1)
+    argv = ["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(tiny_models["llava"])]
+    assert main(argv + changes) == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_unsupported_model_family_is_refused(tmp_path, capsys):
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    folder = tmp_path / "in"
+    write_images(folder, 1)
+    argv = ["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(model)]
+    assert main(argv) == 2
+    assert "model_type 'bert' is not a LLaVA family" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.commit import OUTPUT_SCHEMA, ShardCommitter, check_job_identity, committed_shard_ids, part_name
+from pipeline.config import ConfigError
+from pipeline.shards import plan_image_shards, shard_id_for
+from pipeline.storage import StorageOptions
+
+OPTIONS = StorageOptions()
+
+
+def result_rows(shard_id, ids, expected, errors=None):
+    errors = errors or [None] * len(ids)
+    return pa.table(
+        {
+            "id": ids,
+            "source": [f"/in/{i}" for i in ids],
+            "shard_id": [shard_id] * len(ids),
+            "shard_rows": [expected] * len(ids),
+            "generated_text": [None if e else f"text {i}" for i, e in zip(ids, errors)],
+            "num_output_tokens": [None if e else 3 for e in errors],
+            "error": errors,
+        }
+    )
+
+
+def test_a_shard_is_written_only_when_all_its_rows_arrived(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    committer.add(result_rows("s1", ["b.png"], expected=2))
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == set()
+    assert committer.incomplete_shards() == {"s1": (1, 2)}
+    committer.add(result_rows("s1", ["a.png"], expected=2, errors=["decode: empty file (0 bytes)"]))
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == {"s1"}
+    table = pq.read_table(tmp_path / part_name("s1"))
+    assert table.schema.names[: len(OUTPUT_SCHEMA)] == OUTPUT_SCHEMA.names
+    assert "shard_rows" not in table.schema.names
+    assert table.column("id").to_pylist() == ["a.png", "b.png"]
+    assert table.column("error").to_pylist() == ["decode: empty file (0 bytes)", None]
+    assert committer.stats.rows == 2 and committer.stats.errors == 1
+    assert committer.stats.errors_by_kind == {"decode": 1}
+    assert committer.incomplete_shards() == {}
+
+
+def test_a_block_mixing_two_shards_commits_both(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    committer.add(pa.concat_tables([result_rows("s1", ["a"], 1), result_rows("s2", ["b", "c"], 2)]))
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == {"s1", "s2"}
+    assert pq.read_table(tmp_path).num_rows == 3
+
+
+def test_duplicate_ids_in_a_shard_are_refused(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    with pytest.raises(RuntimeError, match="refusing to commit"):
+        committer.add(result_rows("s1", ["a", "a"], expected=2))
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == set()
+
+
+def test_no_temporary_files_are_left_behind(tmp_path):
+    ShardCommitter(str(tmp_path), OPTIONS).add(result_rows("s1", ["a"], 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [part_name("s1")]
+
+
+def test_job_identity_refuses_other_settings_unless_overwriting(tmp_path):
+    check_job_identity(str(tmp_path), {"prompt": "a"}, OPTIONS, overwrite=False)
+    check_job_identity(str(tmp_path), {"prompt": "a"}, OPTIONS, overwrite=False)
+    with pytest.raises(ConfigError, match="changed: prompt.*--overwrite"):
+        check_job_identity(str(tmp_path), {"prompt": "b"}, OPTIONS, overwrite=False)
+    check_job_identity(str(tmp_path), {"prompt": "b"}, OPTIONS, overwrite=True)
+    assert json.loads((tmp_path / "_job.json").read_text()) == {"prompt": "b"}
+
+
+def test_shards_are_stable_sorted_chunks_of_image_files(tmp_path):
+    for name in ["c.jpg", "a.PNG", "b.webp", "notes.txt", "sub/d.tiff"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    shards = plan_image_shards(str(tmp_path), OPTIONS, files_per_shard=3)
+    assert [shard.members for shard in shards] == [("a.PNG", "b.webp", "c.jpg"), ("sub/d.tiff",)]
+    assert shards[0].shard_id == shard_id_for(("a.PNG", "b.webp", "c.jpg"))
+    assert [s.shard_id for s in plan_image_shards(str(tmp_path), OPTIONS, 3)] == [s.shard_id for s in shards]
+
+
+def test_missing_input_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plan_image_shards(str(tmp_path / "nope"), OPTIONS, 3)

@@ -1,0 +1,68 @@
+import pytest
+
+from pipeline.config import CaptionConfig, ConfigError, ReplicaRange, load_config
+
+BASE = {"input": "/data/images", "output": "/data/captions", "model": "/models/tiny"}
+
+
+def test_defaults_are_greedy_and_one_replica():
+    config = CaptionConfig(**BASE)
+    assert config.replicas == ReplicaRange(1, 1)
+    assert config.generation.generate_kwargs()["do_sample"] is False
+    assert config.generation.generate_kwargs()["max_new_tokens"] == 64
+
+
+def test_sampling_settings_reach_generate():
+    kwargs = CaptionConfig(**BASE, temperature=0.7, top_p=0.9).generation.generate_kwargs()
+    assert kwargs["do_sample"] is True and kwargs["temperature"] == 0.7 and kwargs["top_p"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"), [("2", ReplicaRange(2, 2)), ("1:4", ReplicaRange(1, 4)), (3, ReplicaRange(3, 3))]
+)
+def test_replicas_parse(replicas, expected):
+    assert CaptionConfig(**BASE, replicas=replicas).replicas == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"replicas": "4:2"}, "replicas: '4:2' must satisfy 1 <= MIN <= MAX"),
+        ({"replicas": "many"}, "replicas: 'many' is not a replica count"),
+        ({"batch_size": 0}, "batch_size: 0 is out of range"),
+        ({"dtype": "fp8"}, "dtype: 'fp8' is not one of auto, float32, bfloat16, float16"),
+        ({"temperature": -1.0}, "temperature: -1.0 is out of range"),
+        ({"model": ""}, "model: required"),
+        ({"output": "/data/images/captions"}, "is inside (or equal to) input"),
+    ],
+)
+def test_invalid_settings_name_the_field(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        CaptionConfig(**{**BASE, **changes})
+
+
+def test_s3_output_inside_s3_input_is_refused():
+    with pytest.raises(ConfigError, match="inside"):
+        CaptionConfig(input="s3://bucket/images", output="s3://bucket/images/out", model="m")
+    CaptionConfig(input="s3://bucket/images", output="s3://bucket/images-captions", model="m")
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /in\noutput: /out\nmodel: /m\nbatch-size: 4\nprompt: from yaml\noverwrite: true\n")
+    config = load_config(CaptionConfig, path, {"prompt": "from flag", "batch_size": None})
+    assert (config.batch_size, config.prompt, config.overwrite) == (4, "from flag", True)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /in\noutput: /out\nmodel: /m\nbatchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['batchsize'\]"):
+        load_config(CaptionConfig, path, {})
+
+
+def test_yaml_value_of_wrong_type(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /in\noutput: /out\nmodel: /m\nbatch_size: lots\n")
+    with pytest.raises(ConfigError, match="batch_size: 'lots' is not a number"):
+        load_config(CaptionConfig, path, {})
