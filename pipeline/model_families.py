@@ -6,8 +6,10 @@ One code path serves every family; the family only picks the fallback prompt for
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pipeline.config import ConfigError
 
@@ -47,18 +49,40 @@ def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> Mode
             f"model: {name_or_path!r} is not a model directory (no config.json there); pass a directory made by "
             "save_pretrained (or `llava-batch make-tiny-model`) or a Hugging Face hub id"
         )
+    source = str(local) if looks_local else name_or_path
     try:
-        config = AutoConfig.from_pretrained(str(local) if looks_local else name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached (no network?)"
-        raise ConfigError(
-            f"model: {name_or_path!r} is not a local directory and could not be loaded as a hub id: {reason}. "
-            "Download it first (`huggingface-cli download ...`) and pass the local path, or check the network."
-        ) from error
+        # The local cache first: a downloaded hub model works offline and costs no network round trip.
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=True)
+    except OSError:
+        config = None
     except ValueError as error:  # transformers raises ValueError for model types it does not know
         raise ConfigError(f"model: {name_or_path!r} could not be read: {error}") from error
+    if config is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable_reason()
+        if reason is None:
+            try:
+                config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            except OSError as error:
+                reason = f"loading it failed: {error}"
+        if config is None:
+            raise ConfigError(
+                f"model: {name_or_path!r} is not a local directory or a cached download, and it could not be "
+                f"fetched from the Hugging Face Hub ({reason}). Download it where there is network "
+                "(`huggingface-cli download ...`) and pass the local path."
+            )
     text_type = getattr(getattr(config, "text_config", None), "model_type", "") or ""
     vision_type = getattr(getattr(config, "vision_config", None), "model_type", "") or ""
     family = family_of(config.model_type, text_type)
     return ModelInfo(name_or_path, family, config.model_type, text_type, vision_type)
+
+
+def _hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
+    """One quick TCP connect instead of transformers' retry loop (about 25 s with no network)."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"no network: {endpoint.hostname} is unreachable ({error})"
+    return None
