@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ LOCAL_RAY_ENV = {
 }
 
 
+# Session folders of the local Rays this process started, removed again on shutdown.
+_local_temp_dirs: list[str] = []
+
+
 @dataclass(frozen=True)
 class ClusterResources:
     cpus: float
@@ -28,18 +33,21 @@ class ClusterResources:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterResources:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a private local one."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         pass
     elif address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        for name, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
+        _keep_node_ip_on_loopback()
         temp_dir = tempfile.mkdtemp(prefix="llava-batch-ray-")
+        _local_temp_dirs.append(temp_dir)
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
@@ -56,6 +64,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
     )
 
 
+def _keep_node_ip_on_loopback() -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when `ray` is first imported; if this process imported
+    Ray before connect() set it, the driver would still pick the machine's external address."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+
+
 def configure_ray_data(show_ray_progress: bool = False) -> None:
     """Our own progress line replaces Ray Data's bars by default; they flood logs of batch jobs."""
     import ray.data
@@ -68,7 +84,10 @@ def configure_ray_data(show_ray_progress: bool = False) -> None:
 
 
 def shutdown() -> None:
+    """Stop Ray if this process started or joined it; a local Ray's session files are removed."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    while _local_temp_dirs:
+        shutil.rmtree(_local_temp_dirs.pop(), ignore_errors=True)
