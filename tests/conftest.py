@@ -1,0 +1,48 @@
+"""Shared pytest fixtures. Each block below belongs to one concern; keep new fixtures in their own section."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.seaweedfs import S3Endpoint, run_seaweedfs
+
+# Tiny random-weight models of every family, built once per session (tests/support/models.py).
+pytest_plugins = ["tests.support.models"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Object storage: a real SeaweedFS S3 server on 127.0.0.1 (tests/support/seaweedfs.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Recognisable in logs and never a real AWS key.
+SEAWEEDFS_ACCESS_KEY = "llava-batch-test"
+SEAWEEDFS_SECRET_KEY = "llava-batch-test-secret"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """One SeaweedFS server for the session; `.fs()`, `.env()`, and `.stop()`/`.start()` for fault tests."""
+    data_dir = tmp_path_factory.mktemp("seaweedfs")
+    with run_seaweedfs(
+        data_dir, access_key=SEAWEEDFS_ACCESS_KEY, secret_key=SEAWEEDFS_SECRET_KEY
+    ) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs: S3Endpoint, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh empty bucket named after the test; deleted afterwards (each bucket holds a SeaweedFS volume)."""
+    # A fault test that stopped the server and failed before restarting it must not break the tests after it.
+    seaweedfs.start()
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:8]}" if slug else f"t-{uuid.uuid4().hex[:12]}"
+    fs = seaweedfs.fs()
+    fs.mkdir(name)
+    yield name
+    seaweedfs.start()
+    with contextlib.suppress(FileNotFoundError):  # the test may have removed it itself
+        seaweedfs.fs().rm(name, recursive=True)
