@@ -42,7 +42,9 @@ def caption_stages(
     config: CaptionConfig, model: ModelInfo, resources: ClusterResources, options: StorageOptions
 ) -> list[Stage]:
     gpus = resolve_gpus_per_replica(config, resources)
-    shares = fit_cpu_shares(resources.cpus, config.preprocess_workers, config.replicas.max, gpu_replicas=gpus > 0)
+    shares = fit_cpu_shares(
+        resources.cpus, config.preprocess_workers, config.replicas.max, gpu_replicas=gpus > 0
+    )
     return [
         Stage("read", read_image_shards, batch_size=1, num_cpus=shares.read, fn_kwargs={"options": options}),
         Stage("prompt", with_prompt, num_cpus=shares.read, fn_kwargs={"prompt": config.prompt}),

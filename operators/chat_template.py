@@ -25,7 +25,9 @@ def render_prompt(processor: Any, conversation: Conversation, fallback_template:
             "the processor has no chat_template and no fallback format was given; "
             "add a chat template to the checkpoint or pick a prompt format"
         )
-    return processor.apply_chat_template(conversation, chat_template=template, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(
+        conversation, chat_template=template, add_generation_prompt=True, tokenize=False
+    )
 
 
 def count_images(conversation: Conversation) -> int:

@@ -129,7 +129,11 @@ class Generate:
         texts = np.full(size, None, dtype=object)
         output_tokens = np.full(size, None, dtype=object)
         finish_reasons = np.full(size, None, dtype=object)
-        ready = [index for index in range(size) if errors[index] is None and batch["model_inputs"][index] is not None]
+        ready = [
+            index
+            for index in range(size)
+            if errors[index] is None and batch["model_inputs"][index] is not None
+        ]
         if ready:
             rows = [unpack_arrays(batch["model_inputs"][index]) for index in ready]
             ids = [str(value) for value in batch["id"][ready]] if "id" in batch else [str(i) for i in ready]

@@ -71,7 +71,10 @@ class PreprocessForModel:
             num_image_tokens[index] = int((arrays["input_ids"] == self.image_token_id).sum())
         out = {name: values for name, values in batch.items() if name != "image_bytes"}
         out.update(
-            model_inputs=packed, num_input_tokens=num_input_tokens, num_image_tokens=num_image_tokens, error=errors
+            model_inputs=packed,
+            num_input_tokens=num_input_tokens,
+            num_image_tokens=num_image_tokens,
+            error=errors,
         )
         return out
 

@@ -86,7 +86,9 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.tiny_models import FAMILIES
 
-    parser = argparse.ArgumentParser(prog="llava-batch", description="Batch inference for LLaVA-family models on Ray")
+    parser = argparse.ArgumentParser(
+        prog="llava-batch", description="Batch inference for LLaVA-family models on Ray"
+    )
     parser.add_argument("--log-level", default=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(caption, CaptionConfig)
     caption.set_defaults(handler=run_caption_command)
 
-    tiny = commands.add_parser("make-tiny-model", help="build a tiny random-weight model offline (smoke tests)")
+    tiny = commands.add_parser(
+        "make-tiny-model", help="build a tiny random-weight model offline (smoke tests)"
+    )
     tiny.add_argument("--family", required=True, choices=FAMILIES)
     tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
     tiny.add_argument("--seed", type=int, default=0)
@@ -106,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

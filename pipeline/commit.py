@@ -62,7 +62,9 @@ def committed_shard_ids(output_uri: str, options: StorageOptions) -> set[str]:
     }
 
 
-def check_job_identity(output_uri: str, fingerprint: dict, options: StorageOptions, *, overwrite: bool) -> None:
+def check_job_identity(
+    output_uri: str, fingerprint: dict, options: StorageOptions, *, overwrite: bool
+) -> None:
     """Refuse to mix results of different settings (prompt, model, ...) in one output, unless overwriting."""
     from pipeline.config import ConfigError
 
@@ -73,7 +75,9 @@ def check_job_identity(output_uri: str, fingerprint: dict, options: StorageOptio
     if existing == fingerprint:
         return
     if not overwrite:
-        changed = sorted(key for key in set(existing) | set(fingerprint) if existing.get(key) != fingerprint.get(key))
+        changed = sorted(
+            key for key in set(existing) | set(fingerprint) if existing.get(key) != fingerprint.get(key)
+        )
         raise ConfigError(
             f"output: {output_uri!r} holds results made with other settings (changed: {', '.join(changed)}); "
             "pass --overwrite to replace them, or choose a new output location"
@@ -119,7 +123,9 @@ class ShardCommitter:
 
     def incomplete_shards(self) -> dict[str, tuple[int, int]]:
         """Shards with rows still missing: {shard_id: (rows seen, rows expected)}."""
-        return {shard_id: (self.pending_rows[shard_id], self.expected_rows[shard_id]) for shard_id in self.pending}
+        return {
+            shard_id: (self.pending_rows[shard_id], self.expected_rows[shard_id]) for shard_id in self.pending
+        }
 
     def _commit(self, shard_id: str) -> None:
         table = to_output_table(pa.concat_tables(self.pending.pop(shard_id), promote_options="permissive"))
@@ -128,7 +134,9 @@ class ShardCommitter:
             raise RuntimeError(
                 f"shard {shard_id}: {seen} rows for {expected} inputs (duplicate ids); refusing to commit it"
             )
-        write_parquet_atomically(table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options)
+        write_parquet_atomically(
+            table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options
+        )
         errors = [value for value in table.column("error").to_pylist() if value is not None]
         self.stats.rows += table.num_rows
         self.stats.shards += 1

@@ -110,7 +110,9 @@ class CaptionConfig:
         for name in ("input", "output", "model"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name}: required (got {value!r}); pass --{name} or set it in the YAML config")
+                raise ConfigError(
+                    f"{name}: required (got {value!r}); pass --{name} or set it in the YAML config"
+                )
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
         self.replicas = ReplicaRange.parse(self.replicas)
@@ -147,7 +149,9 @@ def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[
             raise ConfigError(f"config: file {str(path)!r} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
+            )
         values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
     values.update({key: value for key, value in overrides.items() if value is not None})
     known = {f.name for f in fields(cls) if f.init}
@@ -184,9 +188,7 @@ def _check_type(name: str, value: Any, expected: type) -> None:
         raise ConfigError(f"{name}: {value!r} must be of type {expected.__name__}")
 
 
-def _check_range(
-    name: str, value: Any, low: float, high: float, *, low_inclusive: bool = True
-) -> None:
+def _check_range(name: str, value: Any, low: float, high: float, *, low_inclusive: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name}: {value!r} must be a number between {low} and {high}")
     too_low = value < low if low_inclusive else value <= low

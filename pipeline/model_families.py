@@ -52,7 +52,9 @@ def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> Mode
     source = str(local) if looks_local else name_or_path
     try:
         # The local cache first: a downloaded hub model works offline and costs no network round trip.
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=trust_remote_code, local_files_only=True
+        )
     except OSError:
         config = None
     except ValueError as error:  # transformers raises ValueError for model types it does not know

@@ -69,7 +69,11 @@ def _keep_node_ip_on_loopback() -> None:
     Ray before connect() set it, the driver would still pick the machine's external address."""
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in (
+        "0",
+        "false",
+        "False",
+    )
 
 
 def configure_ray_data(show_ray_progress: bool = False) -> None:

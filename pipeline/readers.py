@@ -21,7 +21,9 @@ READ_ATTEMPTS = 5
 
 def read_image_shards(batch: dict[str, np.ndarray], *, options: StorageOptions) -> dict[str, np.ndarray]:
     """Shard rows in, one row per image file out (ids are the paths relative to the input root)."""
-    columns: dict[str, list] = {name: [] for name in ("id", "source", "shard_id", "shard_rows", "image_bytes", "error")}
+    columns: dict[str, list] = {
+        name: [] for name in ("id", "source", "shard_id", "shard_rows", "image_bytes", "error")
+    }
     for shard_id, root, members_json in zip(batch["shard_id"], batch["root"], batch["members"]):
         members = json.loads(members_json)
         fs, root_path = filesystem_for(str(root), options)

@@ -148,7 +148,9 @@ def write_manifest(plan: JobPlan, result: JobResult, started_at: datetime) -> No
         "elapsed_s": round(result.elapsed, 3),
         "images_per_s": round(result.rows / result.elapsed, 3) if result.elapsed > 0 else None,
     }
-    write_text(join_uri(plan.output_uri, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str), plan.options)
+    write_text(
+        join_uri(plan.output_uri, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str), plan.options
+    )
 
 
 def package_versions() -> dict[str, str]:

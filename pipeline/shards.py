@@ -34,5 +34,7 @@ def shard_id_for(members: tuple[str, ...]) -> str:
 def plan_image_shards(input_uri: str, options: StorageOptions, files_per_shard: int) -> list[Shard]:
     """Image files under a prefix, sorted, in chunks of `files_per_shard` (the last one may be smaller)."""
     paths = list_files(input_uri, options, IMAGE_EXTENSIONS)
-    chunks = [tuple(paths[start : start + files_per_shard]) for start in range(0, len(paths), files_per_shard)]
+    chunks = [
+        tuple(paths[start : start + files_per_shard]) for start in range(0, len(paths), files_per_shard)
+    ]
     return [Shard(shard_id_for(chunk), input_uri, chunk) for chunk in chunks]

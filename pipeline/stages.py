@@ -67,7 +67,9 @@ class CpuShares:
 READ_CPUS = 0.25
 
 
-def fit_cpu_shares(total_cpus: float, preprocess_workers: int, max_replicas: int, gpu_replicas: bool) -> CpuShares:
+def fit_cpu_shares(
+    total_cpus: float, preprocess_workers: int, max_replicas: int, gpu_replicas: bool
+) -> CpuShares:
     """Choose CPU requests so that full actor pools still leave room for read tasks.
 
     On 2 cores, two 1-CPU pools plus a 1-CPU read task deadlock: the pools take every CPU and the read task

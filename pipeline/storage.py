@@ -55,7 +55,9 @@ def filesystem_for(uri: str, options: StorageOptions) -> tuple[pafs.FileSystem, 
         # pyarrow's native S3 client reads 3-4x faster than s3fs behind FSSpecHandler (STACK-NOTES);
         # it takes keys, profiles and instance roles from the AWS default chain.
         endpoint = options.resolved_s3_endpoint()
-        kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        kwargs: dict = {
+            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        }
         if endpoint:
             endpoint_parsed = urlparse(endpoint)
             kwargs["endpoint_override"] = endpoint_parsed.netloc or endpoint_parsed.path
@@ -81,7 +83,9 @@ def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {uri!r} does not exist (nothing found at that path or prefix)")
     if info.type == pafs.FileType.File:
-        raise NotADirectoryError(f"input {uri!r} is a single file; pass the folder or prefix that holds the images")
+        raise NotADirectoryError(
+            f"input {uri!r} is a single file; pass the folder or prefix that holds the images"
+        )
     wanted = {"." + ext.lower() for ext in extensions}
     relative = []
     for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
@@ -105,7 +109,9 @@ def list_names(uri: str, options: StorageOptions) -> list[str]:
         return []
     selector = pafs.FileSelector(root, recursive=False, allow_not_found=True)
     return sorted(
-        posixpath.basename(entry.path) for entry in fs.get_file_info(selector) if entry.type == pafs.FileType.File
+        posixpath.basename(entry.path)
+        for entry in fs.get_file_info(selector)
+        if entry.type == pafs.FileType.File
     )
 
 

@@ -32,7 +32,16 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     folder, expected_ids = image_folder
     output = tmp_path / "captions"
     argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
-    argv += ["--max-new-tokens", "6", "--batch-size", "4", "--files-per-shard", "4", "--prompt", "What is it?"]
+    argv += [
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "4",
+        "--files-per-shard",
+        "4",
+        "--prompt",
+        "What is it?",
+    ]
     assert main(argv) == 0
     rows = read_rows(output)
     assert sorted(rows) == expected_ids
@@ -71,7 +80,15 @@ def test_output_loads_with_hf_datasets(tmp_path, tiny_models):
     folder = tmp_path / "in"
     write_images(folder, 3)
     output = tmp_path / "out"
-    argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["vipllava"])]
+    argv = [
+        "caption",
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--model",
+        str(tiny_models["vipllava"]),
+    ]
     assert main(argv + ["--max-new-tokens", "4"]) == 0
     loaded = datasets.load_dataset("parquet", data_files=str(output / "*.parquet"), split="train")
     assert sorted(loaded["id"]) == ["img-000.png", "img-001.jpg", "img-002.png"]
@@ -82,7 +99,14 @@ def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
     folder = tmp_path / "in"
     write_images(folder, 2)
     command = [sys.executable, "-m", "pipeline.cli", "caption", "--input", str(folder)]
-    command += ["--output", str(tmp_path / "out"), "--model", str(tiny_models["llava"]), "--max-new-tokens", "3"]
+    command += [
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_models["llava"]),
+        "--max-new-tokens",
+        "3",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rows written      2" in done.stdout
@@ -102,7 +126,15 @@ def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, 
 
     folder = tmp_path / "in"
     write_images(folder, 1)
-    argv = ["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(tiny_models["llava"])]
+    argv = [
+        "caption",
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_models["llava"]),
+    ]
     assert main(argv + changes) == 2
     assert message in capsys.readouterr().err
     assert not ray.is_initialized()

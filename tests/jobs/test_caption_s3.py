@@ -22,7 +22,9 @@ MAX_NEW_TOKENS = 8
 
 
 def upload_inputs(fs, bucket: str) -> dict[str, bytes]:
-    files = {f"images/{index}-{w}x{h}.png": image_bytes(index, (w, h)) for index, (w, h) in enumerate(SIZES[:5])}
+    files = {
+        f"images/{index}-{w}x{h}.png": image_bytes(index, (w, h)) for index, (w, h) in enumerate(SIZES[:5])
+    }
     files["images/corrupt.jpg"] = b"\xff\xd8\xff\xe0 truncated jpeg"
     files["images/notes.txt"] = b"skipped"
     for key, data in files.items():
@@ -42,10 +44,16 @@ def read_output(fs, bucket: str) -> list[dict]:
 
 def alone(model: str, data: bytes) -> str:
     preprocess = PreprocessForModel(model, max_image_pixels=10**8)
-    generate = Generate(model, generate_kwargs={"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}, dtype="float32")
+    generate = Generate(
+        model, generate_kwargs={"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}, dtype="float32"
+    )
     blob = np.empty(1, dtype=object)
     blob[0] = data
-    batch = {"id": np.array(["x"], dtype=object), "image_bytes": blob, "prompt": np.array([PROMPT], dtype=object)}
+    batch = {
+        "id": np.array(["x"], dtype=object),
+        "image_bytes": blob,
+        "prompt": np.array([PROMPT], dtype=object),
+    }
     return generate(preprocess(batch))["generated_text"][0]
 
 
@@ -57,7 +65,16 @@ def test_caption_s3_to_s3(family, seaweedfs, s3_bucket, tiny_models, monkeypatch
     inputs = upload_inputs(fs, s3_bucket)
     model = str(tiny_models[family])
     argv = ["caption", "--input", f"s3://{s3_bucket}/images/", "--output", f"s3://{s3_bucket}/captions/"]
-    argv += ["--model", model, "--prompt", PROMPT, "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "4"]
+    argv += [
+        "--model",
+        model,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--batch-size",
+        "4",
+    ]
     argv += ["--files-per-shard", "3"]
     assert main(argv) == 0
 

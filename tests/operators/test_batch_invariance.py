@@ -13,7 +13,12 @@ MAX_NEW_TOKENS = 10
 
 
 def raw_batch(count: int) -> dict[str, np.ndarray]:
-    prompts = ["Describe this image.", "What is in the picture? Answer in detail please.", "Name it.", "Colours?"]
+    prompts = [
+        "Describe this image.",
+        "What is in the picture? Answer in detail please.",
+        "Name it.",
+        "Colours?",
+    ]
     data = np.empty(count, dtype=object)
     data[:] = [image_bytes(index, SIZES[index], "PNG") for index in range(count)]
     return {
@@ -47,7 +52,9 @@ def test_batched_rows_equal_rows_generated_alone(family, operators_by_family):
     token_counts = [int(unpack_arrays(blob)["input_ids"].shape[0]) for blob in prepared["model_inputs"]]
     assert len(set(token_counts)) > 1, "rows must differ in length for padding to matter"
     if family == "llava_next":
-        assert len(set(prepared["num_image_tokens"])) > 1, "anyres rows should carry different image-token counts"
+        assert len(set(prepared["num_image_tokens"])) > 1, (
+            "anyres rows should carry different image-token counts"
+        )
 
     batched = generate(prepared)
     alone = [generate({name: values[i : i + 1] for name, values in prepared.items()}) for i in range(4)]
@@ -63,6 +70,9 @@ def test_right_padding_breaks_batch_invariance(family, operators_by_family):
     _, right = operators_by_family(family, padding_side="right")
     prepared = preprocess(raw_batch(4))
     batched = right(prepared)
-    alone = [right({name: values[i : i + 1] for name, values in prepared.items()})["generated_text"][0] for i in range(4)]
+    alone = [
+        right({name: values[i : i + 1] for name, values in prepared.items()})["generated_text"][0]
+        for i in range(4)
+    ]
     mismatches = sum(b != a for b, a in zip(batched["generated_text"], alone))
     assert mismatches >= 1

@@ -6,8 +6,16 @@ from operators.tensor_codec import pack_arrays, unpack_arrays
 
 def rows():
     return [
-        {"input_ids": np.array([5, 6, 7]), "pixel_values": np.ones((1, 2, 3, 4, 4), np.float32), "image_sizes": np.array([[8, 8]])},
-        {"input_ids": np.array([9]), "pixel_values": np.full((1, 4, 3, 4, 4), 2, np.float32), "image_sizes": np.array([[8, 16]])},
+        {
+            "input_ids": np.array([5, 6, 7]),
+            "pixel_values": np.ones((1, 2, 3, 4, 4), np.float32),
+            "image_sizes": np.array([[8, 8]]),
+        },
+        {
+            "input_ids": np.array([9]),
+            "pixel_values": np.full((1, 4, 3, 4, 4), 2, np.float32),
+            "image_sizes": np.array([[8, 16]]),
+        },
     ]
 
 
@@ -33,7 +41,10 @@ def test_anyres_patches_are_zero_padded_to_the_longest_row():
 
 
 def test_multi_image_rows_concatenate_images_in_order():
-    first = {"input_ids": np.array([1]), "pixel_values": np.stack([np.full((3, 2, 2), v, np.float32) for v in (1, 2)])}
+    first = {
+        "input_ids": np.array([1]),
+        "pixel_values": np.stack([np.full((3, 2, 2), v, np.float32) for v in (1, 2)]),
+    }
     second = {"input_ids": np.array([1]), "pixel_values": np.full((1, 3, 2, 2), 3, np.float32)}
     pixels = left_pad_collate([first, second], pad_token_id=0)["pixel_values"]
     assert [float(pixels[i, 0, 0, 0]) for i in range(3)] == [1.0, 2.0, 3.0]

@@ -18,7 +18,8 @@ def test_sampling_settings_reach_generate():
 
 
 @pytest.mark.parametrize(
-    ("replicas", "expected"), [("2", ReplicaRange(2, 2)), ("1:4", ReplicaRange(1, 4)), (3, ReplicaRange(3, 3))]
+    ("replicas", "expected"),
+    [("2", ReplicaRange(2, 2)), ("1:4", ReplicaRange(1, 4)), (3, ReplicaRange(3, 3))],
 )
 def test_replicas_parse(replicas, expected):
     assert CaptionConfig(**BASE, replicas=replicas).replicas == expected
@@ -49,7 +50,9 @@ def test_s3_output_inside_s3_input_is_refused():
 
 def test_yaml_then_flags_override(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text("input: /in\noutput: /out\nmodel: /m\nbatch-size: 4\nprompt: from yaml\noverwrite: true\n")
+    path.write_text(
+        "input: /in\noutput: /out\nmodel: /m\nbatch-size: 4\nprompt: from yaml\noverwrite: true\n"
+    )
     config = load_config(CaptionConfig, path, {"prompt": "from flag", "batch_size": None})
     assert (config.batch_size, config.prompt, config.overwrite) == (4, "from flag", True)
 

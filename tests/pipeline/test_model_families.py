@@ -11,11 +11,17 @@ def test_family_is_read_from_the_checkpoint_config(tiny_models, family):
     info = inspect_model(str(tiny_models[family]))
     assert info.family == family
     if family == "llava_interleave":
-        assert (info.model_type, info.text_model_type, info.vision_model_type) == ("llava", "qwen2", "siglip_vision_model")
+        assert (info.model_type, info.text_model_type, info.vision_model_type) == (
+            "llava",
+            "qwen2",
+            "siglip_vision_model",
+        )
 
 
 def test_unknown_model_type_names_the_supported_ones():
-    with pytest.raises(ConfigError, match="model_type 'idefics2' is not a LLaVA family.*llava, llava_next, vipllava"):
+    with pytest.raises(
+        ConfigError, match="model_type 'idefics2' is not a LLaVA family.*llava, llava_next, vipllava"
+    ):
         family_of("idefics2", "mistral")
 
 

@@ -3,7 +3,9 @@ import pytest
 from pipeline.stages import READ_CPUS, fit_cpu_shares
 
 
-@pytest.mark.parametrize(("cpus", "workers", "replicas"), [(2, 1, 1), (2, 2, 1), (2, 1, 2), (4, 3, 1), (1, 1, 1)])
+@pytest.mark.parametrize(
+    ("cpus", "workers", "replicas"), [(2, 1, 1), (2, 2, 1), (2, 1, 2), (4, 3, 1), (1, 1, 1)]
+)
 def test_full_cpu_pools_always_leave_room_for_a_read_task(cpus, workers, replicas):
     shares = fit_cpu_shares(cpus, workers, replicas, gpu_replicas=False)
     assert workers * shares.preprocess + replicas * shares.generate + shares.read <= cpus + 1e-9
