@@ -9,14 +9,15 @@ import logging
 
 from operators.generate import Generate
 from operators.preprocess import PreprocessForModel
-from operators.prompts import with_prompt
+from operators.prompts import expand_prompts
 from pipeline.config import CaptionConfig, ConfigError
-from pipeline.model_families import ModelInfo, inspect_model
+from pipeline.inputs import plan_shards
+from pipeline.model_families import ModelInfo, inspect_model, model_provenance
 from pipeline.prompt_formats import fallback_chat_template
+from pipeline.prompt_sets import PromptSpec
 from pipeline.ray_cluster import ClusterResources, configure_ray_data, connect
-from pipeline.readers import read_image_shards
+from pipeline.readers import ReadSpec, read_shards
 from pipeline.runner import JobPlan, JobResult, run_job
-from pipeline.shards import plan_image_shards
 from pipeline.stages import Stage, fit_cpu_shares
 from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
 
@@ -46,8 +47,23 @@ def caption_stages(
         resources.cpus, config.preprocess_workers, config.replicas.max, gpu_replicas=gpus > 0
     )
     return [
-        Stage("read", read_image_shards, batch_size=1, num_cpus=shares.read, fn_kwargs={"options": options}),
-        Stage("prompt", with_prompt, num_cpus=shares.read, fn_kwargs={"prompt": config.prompt}),
+        Stage(
+            "read",
+            read_shards,
+            batch_size=1,
+            num_cpus=shares.read,
+            fn_kwargs={"options": options, "spec": read_spec(config)},
+        ),
+        Stage(
+            "prompt",
+            expand_prompts,
+            num_cpus=shares.read,
+            fn_kwargs={
+                "prompts": [prompt.to_dict() for prompt in prompt_specs(config)],
+                "prompt_column": config.prompt_column,
+                "conversation_column": config.conversation_column,
+            },
+        ),
         Stage(
             "preprocess",
             PreprocessForModel,
@@ -59,6 +75,7 @@ def caption_stages(
                 "max_image_pixels": config.max_image_pixels,
                 "fallback_chat_template": fallback_chat_template(model),
                 "trust_remote_code": config.trust_remote_code,
+                "visual_prompt_field": config.visual_prompt_column,
             },
         ),
         Stage(
@@ -82,6 +99,21 @@ def caption_stages(
     ]
 
 
+def prompt_specs(config: CaptionConfig) -> list[PromptSpec]:
+    """The prompt set, or the one `--prompt` (a template when it names `{fields}`)."""
+    return config.prompt_set or [PromptSpec("p0", config.prompt)]
+
+
+def read_spec(config: CaptionConfig) -> ReadSpec:
+    return ReadSpec(
+        image_column=config.image_column,
+        id_column=config.id_column,
+        keep_columns=config.keep_columns,
+        sample=config.sample,
+        seed=config.seed,
+    )
+
+
 def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
     """The settings that change a row's result: outputs made with other values must not be mixed in."""
     return {
@@ -89,6 +121,12 @@ def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
         "model": config.model,
         "family": model.family,
         "prompt": config.prompt,
+        "prompts": [prompt.to_dict() for prompt in config.prompt_set],
+        "prompt_column": config.prompt_column,
+        "conversation_column": config.conversation_column,
+        "visual_prompt_column": config.visual_prompt_column,
+        "image_column": config.image_column,
+        "id_column": config.id_column,
         "max_new_tokens": config.max_new_tokens,
         "temperature": config.temperature,
         "top_p": config.top_p,
@@ -103,10 +141,17 @@ def run_caption(config: CaptionConfig) -> JobResult:
     Ray starts, so a typo costs seconds, not a cluster start."""
     options = StorageOptions(config.s3_endpoint_url)
     model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
-    shards = plan_image_shards(config.input, options, config.files_per_shard)
+    input_format, shards = plan_shards(
+        config.input,
+        options,
+        input_format=config.input_format,
+        files_per_shard=config.files_per_shard,
+        limit=config.limit,
+    )
     if not shards:
         raise ConfigError(
-            f"input: no image files under {config.input!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            f"input: nothing to read under {config.input!r} as {input_format} "
+            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
         )
     resources = connect(config.address)
     configure_ray_data()
@@ -118,6 +163,11 @@ def run_caption(config: CaptionConfig) -> JobResult:
         stages=caption_stages(config, model, resources, options),
         fingerprint=fingerprint(config, model),
         overwrite=config.overwrite,
-        manifest_extra={"config": config.to_dict(), "model_family": model.family},
+        rows_per_input=len(prompt_specs(config)),
+        manifest_extra={
+            "config": config.to_dict(),
+            "input_format": input_format,
+            "model": model_provenance(model),
+        },
     )
     return run_job(plan)

@@ -39,3 +39,11 @@ def column(batch: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
 def _is_missing(value: object) -> bool:
     # Ray turns an all-None column into a null type, which reaches numpy batches as float32 NaN.
     return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+
+
+def object_array(values: list) -> np.ndarray:
+    """A 1-D object array, filled element-wise: slice assignment would broadcast nested lists into 2-D."""
+    array = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):
+        array[index] = value
+    return array

@@ -10,9 +10,24 @@ from typing import Any
 Conversation = list[dict[str, Any]]
 
 
+IMAGE_PLACEHOLDER = "<image>"
+
+
 def user_turn(text: str, num_images: int = 1) -> Conversation:
-    """The one-turn conversation a caption job sends: image item(s) first, then the text."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+    """The one-turn conversation for a row: image item(s) first, then the text.
+
+    A text that writes `<image>` placeholders itself ("Compare <image> with <image>.") places the image items
+    there instead; the row must then hold exactly that many images.
+    """
+    if IMAGE_PLACEHOLDER in text:
+        content: list[dict[str, Any]] = []
+        for position, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if position:
+                content.append({"type": "image"})
+            if part.strip():
+                content.append({"type": "text", "text": part.strip()})
+        return [{"role": "user", "content": content}]
+    content = [{"type": "image"} for _ in range(num_images)]
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
 

@@ -1,11 +1,12 @@
 """GPU side: one model replica per actor; left-pads a batch of preprocessed rows and runs batched `generate`.
 
-Reads `model_inputs` (packed arrays), optional `error`; writes `generated_text`, `num_output_tokens`,
+Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes `generated_text`, `num_output_tokens`,
 `finish_reason`, `model`, `error`; drops `model_inputs`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from typing import Any
@@ -78,6 +79,20 @@ def left_pad_collate(
     return batch
 
 
+def merge_generation(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Job-level generate kwargs with a prompt's own max_new_tokens / temperature / top_p on top."""
+    merged = dict(base)
+    if "max_new_tokens" in overrides:
+        merged["max_new_tokens"] = int(overrides["max_new_tokens"])
+    temperature = overrides.get("temperature", merged.get("temperature") or 0.0)
+    if temperature and temperature > 0:
+        merged.update(do_sample=True, temperature=float(temperature))
+        merged["top_p"] = float(overrides.get("top_p", merged.get("top_p") or 1.0))
+    else:
+        merged.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return merged
+
+
 def _concat_zero_padded(arrays: list[np.ndarray]) -> np.ndarray:
     target = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays)))
     padded = []
@@ -116,6 +131,8 @@ class Generate:
         self.generate_kwargs = dict(generate_kwargs)
         self.seed = seed
         self.padding_side = padding_side
+        # Rows per generate call that fit in memory, learned per prompt-length bucket after an OOM.
+        self.max_rows_by_length: dict[int, int] = {}
         config = self.model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
@@ -134,15 +151,23 @@ class Generate:
             for index in range(size)
             if errors[index] is None and batch["model_inputs"][index] is not None
         ]
-        if ready:
-            rows = [unpack_arrays(batch["model_inputs"][index]) for index in ready]
-            ids = [str(value) for value in batch["id"][ready]] if "id" in batch else [str(i) for i in ready]
+        overrides = column(batch, "generation", size)
+        # Rows with per-prompt decoding settings run in their own generate calls.
+        groups: dict[str, list[int]] = {}
+        for index in ready:
+            groups.setdefault(overrides[index] or "", []).append(index)
+        for override, indices in groups.items():
+            rows = [unpack_arrays(batch["model_inputs"][index]) for index in indices]
+            ids = (
+                [str(batch["id"][index]) for index in indices] if "id" in batch else [str(i) for i in indices]
+            )
+            kwargs = merge_generation(self.generate_kwargs, json.loads(override) if override else {})
             try:
-                results = self.generate_rows(rows, seed_key="|".join(ids))
+                results = self.generate_with_backoff(rows, ids, kwargs)
             except Exception as error:  # a failing batch becomes error rows, the replica keeps serving
                 logger.exception("generation failed for a batch of %d rows", len(rows))
                 results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
-            for index, (text, count, reason, error) in zip(ready, results):
+            for index, (text, count, reason, error) in zip(indices, results):
                 texts[index], output_tokens[index], finish_reasons[index] = text, count, reason
                 errors[index] = errors[index] if error is None else error
         out = {name: values for name, values in batch.items() if name != "model_inputs"}
@@ -155,9 +180,36 @@ class Generate:
         )
         return out
 
+    def generate_with_backoff(
+        self, rows: list[dict[str, np.ndarray]], ids: list[str], kwargs: dict[str, Any]
+    ) -> list[tuple[str | None, int | None, str | None, str | None]]:
+        """Generate in chunks; on out-of-memory, halve the chunk and retry, and remember the smaller size for
+        batches of similar length (the same power-of-two bucket of the longest prompt)."""
+        bucket = max(len(row["input_ids"]) for row in rows).bit_length()
+        limit = min(len(rows), self.max_rows_by_length.get(bucket, len(rows)))
+        results: list[tuple[str | None, int | None, str | None, str | None]] = []
+        start = 0
+        while start < len(rows):
+            chunk = rows[start : start + limit]
+            try:
+                results.extend(
+                    self.generate_rows(chunk, seed_key="|".join(ids[start : start + limit]), **kwargs)
+                )
+            except torch.OutOfMemoryError:
+                if limit == 1:
+                    raise
+                limit = max(1, len(chunk) // 2)
+                self.max_rows_by_length[bucket] = limit
+                logger.warning("out of memory at %d rows; retrying with %d rows per call", len(chunk), limit)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            start += len(chunk)
+        return results
+
     @torch.inference_mode()
     def generate_rows(
-        self, rows: list[dict[str, np.ndarray]], *, seed_key: str = ""
+        self, rows: list[dict[str, np.ndarray]], *, seed_key: str = "", **generate_kwargs: Any
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """(text, num_output_tokens, finish_reason, error) per row, in order."""
         inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
@@ -169,7 +221,8 @@ class Generate:
         }
         # Sampling is seeded per batch from the row ids, so a re-run of the same batch samples the same text.
         torch.manual_seed(zlib.crc32(f"{self.seed}|{seed_key}".encode()))
-        output = self.model.generate(**inputs, **self.generate_kwargs, pad_token_id=self.pad_token_id)
+        kwargs = generate_kwargs or self.generate_kwargs
+        output = self.model.generate(**inputs, **kwargs, pad_token_id=self.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._finish(tokens) for tokens in new_tokens]
 

@@ -1,20 +1,22 @@
 """CPU side of a model: decode images, render the chat prompt, run the family's processor, tokenize unpadded.
 
-Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `error`;
-writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes`.
+Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation`,
+`fields` (for a VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import numpy as np
 
 from operators.batch import column, require_columns, row_count
-from operators.chat_template import render_prompt, user_turn
+from operators.chat_template import Conversation, count_images, render_prompt, user_turn
 from operators.decode import ImageDecodeError, decode_image
 from operators.tensor_codec import pack_arrays
+from operators.visual_prompt import draw_visual_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +43,46 @@ class PreprocessForModel:
         max_image_pixels: int,
         fallback_chat_template: str | None = None,
         trust_remote_code: bool = False,
+        visual_prompt_field: str | None = None,
     ) -> None:
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
         self.fallback_chat_template = fallback_chat_template
+        self.visual_prompt_field = visual_prompt_field
         self.image_token_id = _image_token_id(self.processor)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, self.input_columns, stage="preprocess")
         size = row_count(batch)
         errors = column(batch, "error", size)
-        packed = np.empty(size, dtype=object)
+        conversations = column(batch, "conversation", size)
+        fields = column(batch, "fields", size)
+        packed = np.full(size, None, dtype=object)
         num_input_tokens = np.full(size, None, dtype=object)
         num_image_tokens = np.full(size, None, dtype=object)
         for index in range(size):
             if errors[index] is not None:
                 continue
             try:
-                arrays = self.preprocess_row(batch["image_bytes"][index], str(batch["prompt"][index]))
+                row_fields = json.loads(fields[index]) if fields[index] else {}
+                arrays = self.preprocess_row(
+                    batch["image_bytes"][index],
+                    str(batch["prompt"][index]),
+                    conversation=json.loads(conversations[index]) if conversations[index] else None,
+                    visual_prompt=row_fields.get(self.visual_prompt_field)
+                    if self.visual_prompt_field
+                    else None,
+                )
             except ImageDecodeError as error:
                 errors[index] = f"decode: {error}"
                 continue
             except Exception as error:  # a row the processor rejects must not take the batch down
                 logger.warning("preprocess failed for row %d: %s", index, error)
-                errors[index] = f"preprocess: {type(error).__name__}: {error}"
+                errors[index] = (
+                    f"preprocess: {error}"
+                    if isinstance(error, ValueError)
+                    else (f"preprocess: {type(error).__name__}: {error}")
+                )
                 continue
             packed[index] = pack_arrays(arrays)
             num_input_tokens[index] = int(arrays["input_ids"].shape[-1])
@@ -78,11 +96,29 @@ class PreprocessForModel:
         )
         return out
 
-    def preprocess_row(self, image_bytes: Any, prompt: str) -> dict[str, np.ndarray]:
-        """One row: decoded images in order, prompt rendered with one image item per image, processor outputs."""
+    def preprocess_row(
+        self,
+        image_bytes: Any,
+        prompt: str,
+        *,
+        conversation: Conversation | None = None,
+        visual_prompt: Any = None,
+    ) -> dict[str, np.ndarray]:
+        """One row: images decoded in order, the conversation rendered, processor outputs (unpadded ids)."""
         payloads = list(image_bytes) if isinstance(image_bytes, (list, tuple, np.ndarray)) else [image_bytes]
         images = [decode_image(payload, max_image_pixels=self.max_image_pixels) for payload in payloads]
-        text = render_prompt(self.processor, user_turn(prompt, len(images)), self.fallback_chat_template)
+        if visual_prompt is not None:
+            annotations = visual_prompt if isinstance(visual_prompt, list) else [visual_prompt]
+            for annotation in annotations:  # VipLLaVA marks regions of the (first) image
+                images[0] = draw_visual_prompt(images[0], annotation)
+        if conversation is None:
+            conversation = user_turn(prompt, len(images))
+        wanted = count_images(conversation)
+        if wanted != len(images):
+            raise ValueError(
+                f"the prompt has {wanted} image placeholder(s) but the row has {len(images)} image(s)"
+            )
+        text = render_prompt(self.processor, conversation, self.fallback_chat_template)
         encoded = self.processor(text=[text], images=images, return_tensors="np")
         arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
         arrays["input_ids"] = arrays["input_ids"][0].astype(np.int64)

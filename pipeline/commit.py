@@ -46,7 +46,15 @@ OUTPUT_SCHEMA = pa.schema(
     ]
 )
 # Bookkeeping that travels with rows through the pipeline but is not output.
-INTERNAL_COLUMNS = ("shard_rows", "num_image_tokens", "image_bytes", "model_inputs")
+INTERNAL_COLUMNS = (
+    "shard_rows",
+    "num_image_tokens",
+    "image_bytes",
+    "model_inputs",
+    "fields",
+    "conversation",
+    "generation",
+)
 
 
 def part_name(shard_id: str) -> str:
@@ -85,6 +93,13 @@ def check_job_identity(
     write_text(join_uri(output_uri, JOB_FILE), json.dumps(fingerprint, indent=2, sort_keys=True), options)
 
 
+def remove_temporary_files(output_uri: str, options: StorageOptions) -> None:
+    """Half-written files of a killed run (local and other non-S3 stores write to `.tmp-*` then rename)."""
+    for name in list_names(output_uri, options):
+        if name.startswith(".tmp-"):
+            delete_file(join_uri(output_uri, name), options)
+
+
 def remove_parts(output_uri: str, shard_ids: set[str], options: StorageOptions) -> None:
     for shard_id in sorted(shard_ids):
         delete_file(join_uri(output_uri, part_name(shard_id)), options)
@@ -108,6 +123,7 @@ class ShardCommitter:
         self.pending: dict[str, list[pa.Table]] = {}
         self.pending_rows: Counter = Counter()
         self.expected_rows: dict[str, int] = {}
+        self.committed: set[str] = set()
         self.stats = CommitStats()
 
     def add(self, table: pa.Table) -> None:
@@ -115,7 +131,14 @@ class ShardCommitter:
         expected = table.column("shard_rows").to_pylist()
         for shard_id in dict.fromkeys(shard_ids):
             rows = table.filter(pc.equal(table.column("shard_id"), shard_id))
-            self.expected_rows[shard_id] = int(expected[shard_ids.index(shard_id)])
+            shard_rows = int(expected[shard_ids.index(shard_id)])
+            if shard_id in self.committed:
+                if shard_rows == 0:
+                    continue  # one more copy of an empty shard's marker (one per prompt)
+                raise RuntimeError(f"shard {shard_id}: rows arrived after it was committed (duplicates)")
+            self.expected_rows[shard_id] = shard_rows
+            if shard_rows == 0:  # the read stage's marker for a shard with no rows
+                rows = rows.slice(0, 0)
             self.pending.setdefault(shard_id, []).append(rows)
             self.pending_rows[shard_id] += rows.num_rows
             if self.pending_rows[shard_id] >= self.expected_rows[shard_id]:
@@ -137,6 +160,7 @@ class ShardCommitter:
         write_parquet_atomically(
             table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options
         )
+        self.committed.add(shard_id)
         errors = [value for value in table.column("error").to_pylist() if value is not None]
         self.stats.rows += table.num_rows
         self.stats.shards += 1

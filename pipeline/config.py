@@ -18,6 +18,7 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names the field and the allowed values."""
 
 
+INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
@@ -87,7 +88,17 @@ class CaptionConfig:
     input: str = ""
     output: str = ""
     model: str = ""
+    input_format: str = "auto"
+    image_column: str | None = None
+    id_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    limit: int | None = None
+    sample: float | None = None
     prompt: str = "Describe this image."
+    prompts_file: str | None = None
+    prompt_column: str | None = None
+    conversation_column: str | None = None
+    visual_prompt_column: str | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -105,6 +116,7 @@ class CaptionConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     generation: GenerationSettings = field(init=False, repr=False)
+    prompt_set: list = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "model"):
@@ -115,6 +127,23 @@ class CaptionConfig:
                 )
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
+        _check_choice("input_format", self.input_format, INPUT_FORMATS)
+        self.keep_columns = _as_names("keep_columns", self.keep_columns)
+        if self.limit is not None:
+            _check_range("limit", self.limit, 1, 2**62)
+        if self.sample is not None:
+            _check_range("sample", self.sample, 0.0, 1.0, low_inclusive=False)
+        sources = [
+            name for name in ("prompts_file", "prompt_column", "conversation_column") if getattr(self, name)
+        ]
+        if len(sources) > 1:
+            raise ConfigError(
+                f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
+            )
+        if self.prompts_file is not None:
+            from pipeline.prompt_sets import load_prompts_file
+
+            self.prompt_set = load_prompts_file(self.prompts_file)
         self.replicas = ReplicaRange.parse(self.replicas)
         _check_range("batch_size", self.batch_size, 1, 4096)
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
@@ -174,6 +203,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if text.startswith("tuple") and isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
     if text.startswith("bool") and isinstance(value, str):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -181,6 +212,14 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return False
         raise ConfigError(f"{name}: {value!r} is not a boolean; use true or false")
     return value
+
+
+def _as_names(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{name}: {value!r} must be a list of column names (or one comma-separated string)")
+    return tuple(value)
 
 
 def _check_type(name: str, value: Any, expected: type) -> None:
@@ -203,9 +242,9 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _same_or_nested(input_uri: str, output_uri: str) -> bool:
-    from pipeline.storage import normalize_uri
+    from pipeline.storage import fixed_prefix, normalize_uri
 
-    source = normalize_uri(input_uri).rstrip("/") + "/"
+    source = normalize_uri(fixed_prefix(input_uri)).rstrip("/") + "/"
     target = normalize_uri(output_uri).rstrip("/") + "/"
     return target.startswith(source)
 

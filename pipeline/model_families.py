@@ -5,6 +5,7 @@ One code path serves every family; the family only picks the fallback prompt for
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -88,3 +89,41 @@ def _hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
     except OSError as error:
         return f"no network: {endpoint.hostname} is unreachable ({error})"
     return None
+
+
+def model_provenance(model: ModelInfo) -> dict[str, str | None]:
+    """Enough to say later exactly which weights made a row: the id, the hub revision, a content checksum.
+
+    The checksum covers config.json and each weight file's name, size and header (the first 64 KiB, where
+    safetensors keeps its tensor table), so it is cheap even for 70B checkpoints.
+    """
+    folder = _model_folder(model.name_or_path)
+    revision = folder.name if folder is not None and folder.parent.name == "snapshots" else None
+    digest = hashlib.sha256()
+    if folder is not None:
+        for path in sorted(folder.iterdir()):
+            if path.name == "config.json" or path.suffix in (".safetensors", ".bin"):
+                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+                with path.open("rb") as handle:
+                    digest.update(handle.read(65536))
+    return {
+        "name_or_path": model.name_or_path,
+        "family": model.family,
+        "model_type": model.model_type,
+        "text_model_type": model.text_model_type,
+        "revision": revision,
+        "checksum": f"sha256:{digest.hexdigest()}" if folder is not None else None,
+    }
+
+
+def _model_folder(name_or_path: str) -> Path | None:
+    local = Path(name_or_path).expanduser()
+    if (local / "config.json").is_file():
+        return local
+    try:
+        from transformers.utils import cached_file
+
+        # Not resolve(): the snapshot entries are links into blobs/, and the snapshot folder names the revision.
+        return Path(cached_file(name_or_path, "config.json", local_files_only=True)).parent
+    except (OSError, ValueError):
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("llava_batch.progress")
 
@@ -18,10 +19,14 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class ProgressReporter:
-    """Logs one line at most every `interval` seconds; rates count only rows done in this run."""
+    """Logs one line at most every `interval` seconds; rates count only rows done in this run.
+
+    ETA comes from rows when the total is known (image folders), else from committed shards.
+    """
 
     job: str
-    total_rows: int
+    total_rows: int | None
+    total_shards: int
     interval: float = 5.0
     started: float = 0.0
     last_report: float = 0.0
@@ -29,24 +34,29 @@ class ProgressReporter:
     def __post_init__(self) -> None:
         self.started = self.last_report = time.monotonic()
 
-    def update(self, rows_done: int, errors: int, *, force: bool = False) -> None:
+    def update(self, stats: Any, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last_report < self.interval:
             return
         self.last_report = now
-        elapsed = now - self.started
-        rate = rows_done / elapsed if elapsed > 0 else 0.0
-        remaining = self.total_rows - rows_done
-        eta = format_duration(remaining / rate) if rate > 0 else "?"
-        share = 100.0 * rows_done / self.total_rows if self.total_rows else 100.0
+        elapsed = max(now - self.started, 1e-9)
+        rate = stats.rows / elapsed
+        if self.total_rows:
+            done_share = stats.rows / self.total_rows
+            rows = f"{stats.rows}/{self.total_rows} rows"
+        else:
+            done_share = stats.shards / self.total_shards if self.total_shards else 1.0
+            rows = f"{stats.rows} rows"
+        eta = format_duration(elapsed * (1 - done_share) / done_share) if done_share > 0 else "?"
         logger.info(
-            "[%s] %d/%d rows (%.0f%%) | %.2f img/s | errors %d | ETA %s",
+            "[%s] %s | %d/%d shards (%.0f%%) | %.2f img/s | errors %d | ETA %s",
             self.job,
-            rows_done,
-            self.total_rows,
-            share,
+            rows,
+            stats.shards,
+            self.total_shards,
+            100.0 * done_share,
             rate,
-            errors,
+            stats.errors,
             eta,
         )
 
@@ -57,7 +67,8 @@ def summary_text(
     rows: int,
     errors: int,
     errors_by_kind: dict[str, int],
-    skipped_rows: int,
+    skipped_shards: int,
+    skipped_rows: int | None,
     elapsed: float,
     output_tokens: int,
     output_uri: str,
@@ -68,7 +79,7 @@ def summary_text(
         f"llava-batch {job}: done",
         f"  rows written      {rows}",
         f"  rows with errors  {errors} ({kinds})",
-        f"  already committed {skipped_rows} (skipped)",
+        f"  already committed {skipped_shards} shard(s){'' if skipped_rows is None else f', {skipped_rows} rows'} (skipped)",
         f"  time              {format_duration(elapsed)}",
         f"  throughput        {rate:.2f} images/s, {output_tokens / elapsed if elapsed > 0 else 0:.1f} tokens/s",
         f"  output            {output_uri}",

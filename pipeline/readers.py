@@ -1,45 +1,114 @@
-"""Read stage: expand shard descriptors into one row per input, with the raw bytes and provenance.
+"""Read stage: expand shard descriptors into one row per input sample, with raw image bytes and provenance.
 
-Writes `id`, `source`, `shard_id`, `shard_rows`, `image_bytes`, `error`. A file that cannot be read
-becomes an error row (after the filesystem's own retries), never a missing row.
+Writes `id`, `source`, `shard_id`, `shard_rows`, `image_bytes` (a list of encoded images), `fields` (JSON of
+sidecar or table fields, for prompt templates), `error`, and the `--keep-columns`. A sample that cannot be
+read becomes an error row (after the filesystem's own retries), never a missing row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from operators.batch import object_array
+from pipeline.shards import Shard
 from pipeline.storage import StorageOptions, filesystem_for, join_uri
 
 logger = logging.getLogger(__name__)
 
 READ_ATTEMPTS = 5
+ROW_COLUMNS = ("id", "source", "image_bytes", "fields", "error")
 
 
-def read_image_shards(batch: dict[str, np.ndarray], *, options: StorageOptions) -> dict[str, np.ndarray]:
-    """Shard rows in, one row per image file out (ids are the paths relative to the input root)."""
-    columns: dict[str, list] = {
-        name: [] for name in ("id", "source", "shard_id", "shard_rows", "image_bytes", "error")
+@dataclass(frozen=True)
+class ReadSpec:
+    """How to turn a sample into a row; the defaults serve plain image folders."""
+
+    image_column: str | None = None  # parquet: column with image bytes, {bytes, path} structs or paths/URIs
+    id_column: str | None = None  # parquet: column holding a stable id (else file + row number)
+    keep_columns: tuple[str, ...] = ()  # fields carried to the output as columns
+    sample: float | None = None  # keep this fraction of samples, chosen by a seeded hash of the id
+    seed: int = 0
+
+    def selected(self, sample_id: str) -> bool:
+        if self.sample is None:
+            return True
+        digest = hashlib.sha1(f"{self.seed}|{sample_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.sample
+
+
+def read_shards(
+    batch: dict[str, np.ndarray], *, options: StorageOptions, spec: ReadSpec
+) -> dict[str, np.ndarray]:
+    """Shard rows in, sample rows out; `shard_rows` tells the committer how many rows the shard has."""
+    rows: list[dict[str, Any]] = []
+    for index in range(len(batch["shard_id"])):
+        shard = Shard.from_item({name: batch[name][index] for name in batch})
+        shard_rows = [row for row in _read_one_shard(shard, options, spec) if spec.selected(row["id"])]
+        if shard.row_limit is not None:
+            shard_rows = shard_rows[: shard.row_limit]
+        for row in shard_rows:
+            row["shard_id"] = shard.shard_id
+            row["shard_rows"] = len(shard_rows)
+        # A shard with nothing selected still has to be committed (as an empty file), or every re-run would
+        # redo it: one marker row with shard_rows=0 tells the committer, and every operator skips it.
+        rows.extend(shard_rows or [empty_shard_marker(shard)])
+    names = ("shard_id", "shard_rows", *ROW_COLUMNS, *spec.keep_columns)
+    return {name: object_array([row.get(name) for row in rows]) for name in names}
+
+
+EMPTY_SHARD_ERROR = "empty shard (marker row, not written)"
+
+
+def empty_shard_marker(shard: Shard) -> dict[str, Any]:
+    return {
+        "id": f"{shard.shard_id}#empty",
+        "shard_id": shard.shard_id,
+        "shard_rows": 0,
+        "error": EMPTY_SHARD_ERROR,
     }
-    for shard_id, root, members_json in zip(batch["shard_id"], batch["root"], batch["members"]):
-        members = json.loads(members_json)
-        fs, root_path = filesystem_for(str(root), options)
-        for relative in members:
-            source = join_uri(str(root), relative)
-            data, error = _read_with_retries(fs, f"{root_path}/{relative}")
-            columns["id"].append(relative)
-            columns["source"].append(source)
-            columns["shard_id"].append(str(shard_id))
-            columns["shard_rows"].append(len(members))
-            columns["image_bytes"].append(data)
-            columns["error"].append(error)
-    return {name: _object_array(values) for name, values in columns.items()}
 
 
-def _read_with_retries(fs, path: str) -> tuple[bytes | None, str | None]:
+def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:
+    if shard.kind == "images":
+        yield from read_image_files(shard, options)
+        return
+    if shard.kind == "webdataset":
+        from pipeline.read_webdataset import read_webdataset_shard
+
+        yield from read_webdataset_shard(shard, options, spec)
+        return
+    if shard.kind == "parquet":
+        from pipeline.read_parquet import read_parquet_shard
+
+        yield from read_parquet_shard(shard, options, spec)
+        return
+    raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str, Any]]:
+    """One row per image file; the id is the path relative to the input root."""
+    fs, root_path = filesystem_for(shard.root, options)
+    for relative in shard.members:
+        data, error = read_with_retries(fs, f"{root_path}/{relative}")
+        yield {
+            "id": relative,
+            "source": join_uri(shard.root, relative),
+            "image_bytes": None if data is None else [data],
+            "fields": json.dumps({"path": relative}),
+            "error": error,
+        }
+
+
+def read_with_retries(fs: Any, path: str) -> tuple[bytes | None, str | None]:
+    """(bytes, None) or (None, 'read: ...'); transient errors are retried with backoff first."""
     delay = 0.5
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
@@ -54,9 +123,3 @@ def _read_with_retries(fs, path: str) -> tuple[bytes | None, str | None]:
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")
-
-
-def _object_array(values: list) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.commit import ShardCommitter, check_job_identity, committed_shard_ids, remove_parts
+from pipeline.commit import (
+    ShardCommitter,
+    check_job_identity,
+    committed_shard_ids,
+    remove_parts,
+    remove_temporary_files,
+)
 from pipeline.progress import ProgressReporter, summary_text
 from pipeline.shards import Shard
 from pipeline.stages import Stage, apply_stages
@@ -46,7 +52,7 @@ class JobResult:
     errors: int
     errors_by_kind: dict[str, int]
     skipped_shards: int
-    skipped_rows: int
+    skipped_rows: int | None
     elapsed: float
     output_tokens: int
     summary: str
@@ -65,30 +71,33 @@ def run_job(plan: JobPlan) -> JobResult:
     if plan.overwrite:
         remove_parts(plan.output_uri, committed_shard_ids(plan.output_uri, plan.options), plan.options)
     check_job_identity(plan.output_uri, plan.fingerprint, plan.options, overwrite=plan.overwrite)
+    remove_temporary_files(plan.output_uri, plan.options)
     committed = committed_shard_ids(plan.output_uri, plan.options)
     planned = {shard.shard_id for shard in plan.shards}
     todo = [shard for shard in plan.shards if shard.shard_id not in committed]
     skipped = [shard for shard in plan.shards if shard.shard_id in committed]
-    skipped_rows = sum(len(shard.members) for shard in skipped) * plan.rows_per_input
-    total_rows = sum(len(shard.members) for shard in todo) * plan.rows_per_input
+    # Row counts are known up front only for image folders; tars and tables are counted as they are read.
+    known = all(shard.kind == "images" for shard in plan.shards)
+    skipped_rows = sum(len(shard.members) for shard in skipped) * plan.rows_per_input if known else None
+    total_rows = sum(len(shard.members) for shard in todo) * plan.rows_per_input if known else None
     logger.info(
-        "%s: %d shards (%d rows) to do, %d shards already committed",
+        "%s: %d shard(s) to do (%s rows), %d already committed",
         plan.job,
         len(todo),
-        total_rows,
+        "?" if total_rows is None else total_rows,
         len(skipped),
     )
 
     # 2. Stream the missing shards through the stages; commit each shard when its last row arrives.
     committer = ShardCommitter(plan.output_uri, plan.options)
     if todo:
-        progress = ProgressReporter(plan.job, total_rows)
+        progress = ProgressReporter(plan.job, total_rows=total_rows, total_shards=len(todo))
         items = [shard.to_item() for shard in todo]
         dataset = apply_stages(ray.data.from_items(items, override_num_blocks=len(items)), plan.stages)
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             committer.add(table)
-            progress.update(committer.stats.rows, committer.stats.errors)
-        progress.update(committer.stats.rows, committer.stats.errors, force=True)
+            progress.update(committer.stats)
+        progress.update(committer.stats, force=True)
     incomplete = committer.incomplete_shards()
     if incomplete:
         raise RuntimeError(
@@ -109,6 +118,7 @@ def run_job(plan: JobPlan) -> JobResult:
         rows=stats.rows,
         errors=stats.errors,
         errors_by_kind=dict(stats.errors_by_kind),
+        skipped_shards=len(skipped),
         skipped_rows=skipped_rows,
         elapsed=elapsed,
         output_tokens=stats.output_tokens,
@@ -140,6 +150,7 @@ def write_manifest(plan: JobPlan, result: JobResult, started_at: datetime) -> No
             "shards_skipped": result.skipped_shards,
             "rows_written": result.rows,
             "rows_skipped": result.skipped_rows,
+            "output_tokens": result.output_tokens,
             "errors": result.errors,
             "errors_by_kind": result.errors_by_kind,
         },

@@ -1,40 +1,77 @@
 """Split an input into shards: the unit that is read together and committed as one output file.
 
-A shard's id is a hash of what it holds, so re-planning the same input gives the same ids and a re-run
-can skip the shards whose output file already exists.
+A shard's id is a hash of what it holds (and of any --limit/--sample selection), so re-planning the same input
+gives the same ids and a re-run skips the shards whose output file already exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
+from itertools import groupby
 
 from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions, list_files
+
+INPUT_KINDS = ("images", "webdataset", "parquet")
 
 
 @dataclass(frozen=True)
 class Shard:
-    """`members` are paths relative to `root`; each becomes one output row per prompt."""
+    """`members` are paths relative to `root`: the image files of an `images` shard, or the one tar / Parquet
+    file of a `webdataset` / `parquet` shard. `row_limit` cuts the shard short for `--limit`."""
 
     shard_id: str
     root: str
     members: tuple[str, ...]
+    kind: str = "images"
+    row_limit: int | None = None
 
-    def to_item(self) -> dict[str, str]:
+    def to_item(self) -> dict[str, object]:
         """The row Ray Data carries into the read stage (JSON keeps the block schema flat and small)."""
-        return {"shard_id": self.shard_id, "root": self.root, "members": json.dumps(self.members)}
+        return {
+            "shard_id": self.shard_id,
+            "root": self.root,
+            "members": json.dumps(self.members),
+            "kind": self.kind,
+            "row_limit": -1 if self.row_limit is None else self.row_limit,
+        }
+
+    @classmethod
+    def from_item(cls, item: dict) -> Shard:
+        limit = int(item["row_limit"])
+        return cls(
+            str(item["shard_id"]),
+            str(item["root"]),
+            tuple(json.loads(item["members"])),
+            str(item["kind"]),
+            None if limit < 0 else limit,
+        )
 
 
-def shard_id_for(members: tuple[str, ...]) -> str:
-    digest = hashlib.sha1("\n".join(members).encode()).hexdigest()
-    return digest[:16]
+def shard_id_for(members: tuple[str, ...], selection: str = "") -> str:
+    """Stable id of a shard; `selection` (e.g. 'limit=10') keeps partial trial runs apart from full ones."""
+    text = "\n".join(members) + (f"\n#{selection}" if selection else "")
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def plan_image_shards(input_uri: str, options: StorageOptions, files_per_shard: int) -> list[Shard]:
-    """Image files under a prefix, sorted, in chunks of `files_per_shard` (the last one may be smaller)."""
+def plan_image_shards(
+    input_uri: str, options: StorageOptions, files_per_shard: int, *, limit: int | None = None
+) -> list[Shard]:
+    """Image files under a prefix: per folder, sorted runs of `files_per_shard` files.
+
+    Chunking inside each folder keeps existing shards unchanged when a new folder (say, tonight's date)
+    appears, so an incremental re-run processes only the new shards.
+    """
     paths = list_files(input_uri, options, IMAGE_EXTENSIONS)
-    chunks = [
-        tuple(paths[start : start + files_per_shard]) for start in range(0, len(paths), files_per_shard)
-    ]
-    return [Shard(shard_id_for(chunk), input_uri, chunk) for chunk in chunks]
+    selection = ""
+    if limit is not None:
+        paths, selection = paths[:limit], f"limit={limit}"
+    shards = []
+    for _, group in groupby(paths, key=posixpath.dirname):
+        files = list(group)
+        for start in range(0, len(files), files_per_shard):
+            chunk = tuple(files[start : start + files_per_shard])
+            shards.append(Shard(shard_id_for(chunk, selection), input_uri, chunk))
+    return shards

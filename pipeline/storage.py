@@ -42,6 +42,17 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
+PATTERN_CHARACTERS = "{*?["
+
+
+def fixed_prefix(uri: str) -> str:
+    """The part of a URI before its first brace or glob character, cut back to a folder."""
+    cut = min((uri.index(char) for char in PATTERN_CHARACTERS if char in uri), default=None)
+    if cut is None:
+        return uri
+    return uri[: uri.rfind("/", 0, cut) + 1]
+
+
 def is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 

@@ -63,7 +63,7 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     # A second run into the same output neither appends nor redoes: every id is still there exactly once.
     before = {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")}
     assert main(argv) == 0
-    assert "already committed 6 (skipped)" in capsys.readouterr().out
+    assert "already committed 3 shard(s), 6 rows (skipped)" in capsys.readouterr().out
     assert sorted(read_rows(output)) == expected_ids
     assert {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")} == before
 

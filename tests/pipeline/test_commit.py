@@ -85,3 +85,29 @@ def test_shards_are_stable_sorted_chunks_of_image_files(tmp_path):
 def test_missing_input_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plan_image_shards(str(tmp_path / "nope"), OPTIONS, 3)
+
+
+def test_an_empty_shard_is_committed_as_an_empty_file(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    marker = result_rows("s0", ["s0#empty"], expected=0, errors=["empty shard (marker row, not written)"])
+    committer.add(marker)
+    committer.add(marker)  # one marker per prompt may arrive
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == {"s0"}
+    assert pq.read_table(tmp_path / part_name("s0")).num_rows == 0
+    assert committer.stats.rows == 0 and committer.stats.errors == 0
+
+
+def test_rows_for_an_already_committed_shard_are_refused(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    committer.add(result_rows("s1", ["a"], expected=1))
+    with pytest.raises(RuntimeError, match="after it was committed"):
+        committer.add(result_rows("s1", ["a"], expected=1))
+
+
+def test_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    from pipeline.commit import remove_temporary_files
+
+    (tmp_path / ".tmp-abc-part-s1.parquet").write_bytes(b"half")
+    (tmp_path / "part-s2.parquet").write_bytes(b"kept")
+    remove_temporary_files(str(tmp_path), OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-s2.parquet"]
