@@ -22,9 +22,9 @@ def template_fields(text: str) -> list[str]:
 
 
 def fill_template(text: str, fields: dict[str, Any]) -> str:
-    names = template_fields(text)
-    if not names:
+    if "{" not in text and "}" not in text:
         return text
+    names = template_fields(text)
     missing = [name for name in names if fields.get(name) is None]
     if missing:
         raise KeyError(f"template field(s) {missing} missing from this row (it has {sorted(fields)})")

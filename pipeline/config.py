@@ -127,6 +127,7 @@ class CaptionConfig:
                 )
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
+        check_template("prompt", self.prompt)
         _check_choice("input_format", self.input_format, INPUT_FORMATS)
         self.keep_columns = _as_names("keep_columns", self.keep_columns)
         if self.limit is not None:
@@ -220,6 +221,17 @@ def _as_names(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
         raise ConfigError(f"{name}: {value!r} must be a list of column names (or one comma-separated string)")
     return tuple(value)
+
+
+def check_template(name: str, text: str) -> None:
+    from operators.prompts import template_fields
+
+    try:
+        template_fields(text)
+    except ValueError as error:
+        raise ConfigError(
+            f"{name}: {text!r} is not a valid template ({error}); write literal braces as {{{{ and }}}}"
+        ) from None
 
 
 def _check_type(name: str, value: Any, expected: type) -> None:

@@ -71,6 +71,12 @@ def _prompt_spec(index: int, entry: Any, path: str) -> PromptSpec:
     prompt_id = str(entry.get("id", f"p{index}"))
     if not PROMPT_ID.match(prompt_id):
         raise ConfigError(f"{where}: id {prompt_id!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    from pipeline.config import check_template
+
+    try:
+        check_template("text", text)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     generation = {key: entry[key] for key in GENERATION_KEYS if key in entry}
     try:
         GenerationSettings(**generation)  # validates the values with the job-level rules

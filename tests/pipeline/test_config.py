@@ -69,3 +69,17 @@ def test_yaml_value_of_wrong_type(tmp_path):
     path.write_text("input: /in\noutput: /out\nmodel: /m\nbatch_size: lots\n")
     with pytest.raises(ConfigError, match="batch_size: 'lots' is not a number"):
         load_config(CaptionConfig, path, {})
+
+
+def test_a_broken_prompt_template_is_refused_up_front():
+    with pytest.raises(ConfigError, match=r"prompt: 'Describe \{this' is not a valid template"):
+        CaptionConfig(**BASE, prompt="Describe {this")
+
+
+def test_only_one_source_of_prompts(tmp_path):
+    with pytest.raises(ConfigError, match="conversation_column: cannot be combined with prompt_column"):
+        CaptionConfig(**BASE, prompt_column="q", conversation_column="c")
+
+
+def test_keep_columns_from_a_comma_separated_flag():
+    assert CaptionConfig(**BASE, keep_columns="a, b").keep_columns == ("a", "b")

@@ -1,0 +1,99 @@
+"""The model operator: per-prompt decoding overrides, finish reasons, and out-of-memory split-and-retry."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from operators.generate import Generate, merge_generation
+from operators.preprocess import PreprocessForModel
+from tests.support.images import SIZES, image_bytes
+
+GREEDY = {"max_new_tokens": 6, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_models):
+    model = str(tiny_models["llava"])
+    return PreprocessForModel(model, max_image_pixels=10**8), Generate(
+        model, generate_kwargs=GREEDY, dtype="float32"
+    )
+
+
+def prepared(preprocess, count=4):
+    data = np.empty(count, dtype=object)
+    data[:] = [image_bytes(i, SIZES[i]) for i in range(count)]
+    ids = np.array([f"r{i}" for i in range(count)], dtype=object)
+    return preprocess(
+        {"id": ids, "image_bytes": data, "prompt": np.array(["What is it?"] * count, dtype=object)}
+    )
+
+
+def test_merge_generation_switches_between_greedy_and_sampling():
+    sampled = merge_generation(GREEDY, {"temperature": 0.7, "max_new_tokens": 3})
+    assert (sampled["do_sample"], sampled["temperature"], sampled["top_p"], sampled["max_new_tokens"]) == (
+        True,
+        0.7,
+        1.0,
+        3,
+    )
+    back = merge_generation(sampled, {"temperature": 0})
+    assert back["do_sample"] is False and back["temperature"] is None
+
+
+def test_per_row_max_new_tokens_override(llava):
+    preprocess, generate = llava
+    batch = prepared(preprocess, 2)
+    batch["generation"] = np.array([json.dumps({"max_new_tokens": 2}), None], dtype=object)
+    out = generate(batch)
+    assert out["num_output_tokens"][0] <= 2
+    assert out["finish_reason"][0] in ("stop", "length")
+    plain = generate({name: values[1:] for name, values in prepared(preprocess, 2).items()})
+    assert out["generated_text"][1] == plain["generated_text"][0]
+
+
+def test_out_of_memory_splits_the_batch_and_remembers_the_size(llava, monkeypatch):
+    preprocess, generate = llava
+    batch = prepared(preprocess, 4)
+    expected = generate(batch)["generated_text"].tolist()
+    real_generate = generate.model.generate
+    calls = []
+
+    def generate_that_fits_two_rows(**kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(generate.model, "generate", generate_that_fits_two_rows)
+    generate.max_rows_by_length.clear()
+    assert generate(batch)["generated_text"].tolist() == expected
+    assert calls == [4, 2, 2]
+    calls.clear()
+    assert generate(batch)["generated_text"].tolist() == expected
+    assert calls == [2, 2], "the replica keeps the smaller size for similar batches"
+
+
+def test_a_batch_that_fails_becomes_error_rows(llava, monkeypatch):
+    preprocess, generate = llava
+    batch = prepared(preprocess, 2)
+
+    def broken(**kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(generate.model, "generate", broken)
+    out = generate(batch)
+    assert out["error"].tolist() == ["generate: RuntimeError: device lost"] * 2
+    assert out["generated_text"].tolist() == [None, None]
+
+
+def test_image_count_must_match_the_prompt(llava):
+    preprocess, _ = llava
+    data = np.empty(2, dtype=object)
+    data[0] = [image_bytes(0, (40, 30)), image_bytes(1, (30, 40))]
+    data[1] = [image_bytes(2, (40, 30))]
+    prompts = np.array(["Compare <image> and <image>.", "Compare <image> and <image>."], dtype=object)
+    out = preprocess({"id": np.array(["a", "b"], dtype=object), "image_bytes": data, "prompt": prompts})
+    assert out["error"][0] is None and out["num_image_tokens"][0] == 2 * 16
+    assert out["error"][1] == "preprocess: the prompt has 2 image placeholder(s) but the row has 1 image(s)"
