@@ -32,11 +32,11 @@ def column(batch: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
     if name not in batch:
         return np.full(size, None, dtype=object)
     values = np.empty(size, dtype=object)
-    values[:] = [None if _is_missing(value) else value for value in batch[name]]
+    values[:] = [None if is_missing(value) else value for value in batch[name]]
     return values
 
 
-def _is_missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
     # Ray turns an all-None column into a null type, which reaches numpy batches as float32 NaN.
     return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
 

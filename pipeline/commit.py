@@ -170,19 +170,12 @@ class ShardCommitter:
         logger.debug("committed shard %s (%d rows)", shard_id, table.num_rows)
 
 
-def _cast(values: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    # Ray turns object arrays of ints with None into float64 with NaN; NaN is a missing value here.
-    if pa.types.is_floating(values.type) and not pa.types.is_floating(target):
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
-    return values.cast(target)
-
-
 def to_output_table(table: pa.Table) -> pa.Table:
     """Fixed columns first, cast to their declared types (a block of only errors holds nulls of no type)."""
     columns, fields = [], []
     for target in OUTPUT_SCHEMA:
         if target.name in table.column_names:
-            columns.append(_cast(table.column(target.name), target.type))
+            columns.append(table.column(target.name).cast(target.type))
         else:
             columns.append(pa.nulls(table.num_rows, target.type))
         fields.append(target)

@@ -51,8 +51,29 @@ def apply_stages(dataset: Any, stages: list[Stage]) -> Any:
             low, high = stage.pool
             options["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
             options["fn_constructor_kwargs"] = stage.constructor_kwargs
-        dataset = dataset.map_batches(stage.fn, **options)
+        dataset = dataset.map_batches(typed_output(stage.fn), **options)
     return dataset
+
+
+def typed_output(fn: Callable[..., Any] | type) -> Callable[..., Any] | type:
+    """Wrap an operator so that its numpy output becomes an Arrow table with the declared column types."""
+    from pipeline.columns import to_arrow
+
+    if isinstance(fn, type):
+        operator_class = fn
+
+        class Typed(operator_class):  # type: ignore[valid-type, misc]
+            def __call__(self, batch: dict[str, Any]) -> Any:
+                return to_arrow(super().__call__(batch))
+
+        Typed.__name__ = Typed.__qualname__ = operator_class.__name__
+        return Typed
+
+    def typed(batch: dict[str, Any], **kwargs: Any) -> Any:
+        return to_arrow(fn(batch, **kwargs))
+
+    typed.__name__ = getattr(fn, "__name__", "operator")
+    return typed
 
 
 @dataclass(frozen=True)

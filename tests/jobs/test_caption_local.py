@@ -149,3 +149,37 @@ def test_unsupported_model_family_is_refused(tmp_path, capsys):
     argv = ["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(model)]
     assert main(argv) == 2
     assert "model_type 'bert' is not a LLaVA family" in capsys.readouterr().err
+
+
+def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models):
+    folder = tmp_path / "in"
+    write_images(folder, 5)
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(
+        "- id: short\n  text: Name it.\n  max_new_tokens: 2\n- id: long\n  text: Describe it.\n"
+    )
+    output = tmp_path / "out"
+    argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
+    argv += ["--prompts-file", str(prompts), "--limit", "3", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    rows = pq.read_table(output).to_pylist()
+    expected = sorted(
+        f"img-00{i}.{ext}#{p}" for i, ext in [(0, "png"), (1, "jpg"), (2, "png")] for p in ("short", "long")
+    )
+    assert sorted(row["id"] for row in rows) == expected
+    assert all(row["num_output_tokens"] <= 2 for row in rows if row["prompt_id"] == "short")
+    assert {row["prompt"] for row in rows if row["prompt_id"] == "long"} == {"Describe it."}
+
+
+def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path, tiny_models):
+    folder = tmp_path / "in"
+    write_images(folder, 8)
+    argv = ["caption", "--input", str(folder), "--model", str(tiny_models["llava"]), "--max-new-tokens", "2"]
+    argv += ["--sample", "0.4", "--seed", "3", "--files-per-shard", "1"]
+    assert main(argv + ["--output", str(tmp_path / "a")]) == 0
+    assert main(argv + ["--output", str(tmp_path / "b")]) == 0
+    first = sorted(pq.read_table(tmp_path / "a").column("id").to_pylist())
+    assert first == sorted(pq.read_table(tmp_path / "b").column("id").to_pylist())
+    assert 0 < len(first) < 8
+    # Every shard has its file, the ones with nothing selected too, so a re-run has nothing left to do.
+    assert len(list((tmp_path / "a").glob("part-*.parquet"))) == 8

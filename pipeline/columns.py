@@ -1,0 +1,58 @@
+"""Every column that travels between stages, with its Arrow type.
+
+Operators return numpy object arrays, and a column that is None in every row of a block would otherwise reach
+Arrow as a null (or float NaN) column that cannot be merged with the same column typed in other blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from operators.batch import is_missing
+
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    # provenance and bookkeeping
+    "id": pa.string(),
+    "source": pa.string(),
+    "shard_id": pa.string(),
+    "shard_rows": pa.int64(),
+    "fields": pa.string(),
+    "error": pa.string(),
+    # inputs
+    "image_bytes": pa.list_(pa.binary()),
+    "prompt": pa.string(),
+    "prompt_id": pa.string(),
+    "conversation": pa.string(),
+    "generation": pa.string(),
+    "model_inputs": pa.binary(),
+    "num_input_tokens": pa.int64(),
+    "num_image_tokens": pa.int64(),
+    # results
+    "generated_text": pa.string(),
+    "num_output_tokens": pa.int64(),
+    "finish_reason": pa.string(),
+    "model": pa.string(),
+}
+
+
+def to_arrow(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Known columns get their declared type (missing values become typed nulls); others are inferred."""
+    arrays, names = [], []
+    for name, values in batch.items():
+        declared = COLUMN_TYPES.get(name)
+        items = [None if is_missing(value) else _plain(value) for value in values]
+        arrays.append(pa.array(items, type=declared) if declared is not None else pa.array(items))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _plain(value: Any) -> Any:
+    """numpy containers and scalars as Python values, which pa.array takes for any declared type."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
