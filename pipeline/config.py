@@ -164,10 +164,24 @@ class CaptionConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML/JSON-friendly view (for the manifest and `--print-config`)."""
+        """Plain, JSON-friendly view for the manifest, with credentials in URLs redacted."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         out["replicas"] = str(self.replicas)
+        out["keep_columns"] = list(self.keep_columns)
+        for name in ("input", "output", "model", "s3_endpoint_url", "address"):
+            out[name] = redact_url(out[name])
         return out
+
+
+def redact_url(value: str | None) -> str | None:
+    """`scheme://user:secret@host/...` -> `scheme://***@host/...`: credentials never reach logs or manifests."""
+    if not value or "@" not in value or "://" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return value
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
 def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:

@@ -96,3 +96,22 @@ def test_caption_s3_to_s3(family, seaweedfs, s3_bucket, tiny_models, monkeypatch
     # A second run into the same output: still exactly one row per image.
     assert main(argv) == 0
     assert sorted(row["id"] for row in read_output(fs, s3_bucket)) == expected_ids
+
+
+def test_secrets_never_reach_output_manifest_or_logs(seaweedfs, s3_bucket, tiny_models, monkeypatch, capfd):
+    from tests.conftest import SEAWEEDFS_SECRET_KEY
+
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    fs = seaweedfs.fs()
+    fs.pipe(f"{s3_bucket}/images/a.png", image_bytes(0, (40, 30)))
+    fs.pipe(f"{s3_bucket}/images/bad.jpg", b"not an image")
+    argv = ["caption", "--input", f"s3://{s3_bucket}/images/", "--output", f"s3://{s3_bucket}/captions/"]
+    assert main(argv + ["--model", str(tiny_models["llava"]), "--max-new-tokens", "3"]) == 0
+    written = b"".join(fs.cat(name) for name in fs.find(f"{s3_bucket}/captions"))
+    assert b"_manifest.json" not in written  # sanity: we read contents, not names
+    assert b'"rows_written": 2' in written, "the manifest should be among what was read"
+    printed = capfd.readouterr()
+    secret = SEAWEEDFS_SECRET_KEY.encode()
+    assert secret not in written
+    assert SEAWEEDFS_SECRET_KEY not in printed.out + printed.err
