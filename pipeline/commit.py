@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.columns import COLUMN_TYPES
 from pipeline.storage import (
     StorageOptions,
     delete_file,
@@ -31,20 +32,20 @@ PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 JOB_FILE = "_job.json"
 
 # The columns every output has, in this order and with these types; job-specific columns follow.
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("prompt", pa.string()),
-        ("generated_text", pa.string()),
-        ("num_input_tokens", pa.int64()),
-        ("num_output_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("model", pa.string()),
-        ("error", pa.string()),
-        ("shard_id", pa.string()),
-    ]
+OUTPUT_COLUMNS = (
+    "id",
+    "source",
+    "prompt",
+    "prompt_id",
+    "generated_text",
+    "num_input_tokens",
+    "num_output_tokens",
+    "finish_reason",
+    "model",
+    "error",
+    "shard_id",
 )
+OUTPUT_SCHEMA = pa.schema([(name, COLUMN_TYPES[name]) for name in OUTPUT_COLUMNS])
 # Bookkeeping that travels with rows through the pipeline but is not output.
 INTERNAL_COLUMNS = (
     "shard_rows",
