@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,10 @@ import numpy as np
 
 from operators.batch import object_array
 from pipeline.shards import Shard
-from pipeline.storage import StorageOptions, filesystem_for, join_uri
+from pipeline.storage import StorageOptions, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 
-READ_ATTEMPTS = 5
 ROW_COLUMNS = ("id", "source", "image_bytes", "fields", "error")
 
 
@@ -108,18 +106,15 @@ def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str
 
 
 def read_with_retries(fs: Any, path: str) -> tuple[bytes | None, str | None]:
-    """(bytes, None) or (None, 'read: ...'); transient errors are retried with backoff first."""
-    delay = 0.5
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            with fs.open_input_stream(path) as stream:
-                return stream.read(), None
-        except FileNotFoundError:
-            return None, "read: file disappeared between listing and reading"
-        except OSError as error:
-            if attempt == READ_ATTEMPTS:
-                return None, f"read: {type(error).__name__}: {error}"
-            logger.warning("read of %s failed (attempt %d/%d): %s", path, attempt, READ_ATTEMPTS, error)
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")
+    """(bytes, None) or (None, 'read: ...'); a store that is away is waited for (storage.retry_io) first."""
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    try:
+        return retry_io(read, f"reading {path}"), None
+    except FileNotFoundError:
+        return None, "read: file disappeared between listing and reading"
+    except OSError as error:
+        return None, f"read: {type(error).__name__}: {error}"

@@ -5,15 +5,22 @@ Workers rebuild filesystems from a small `StorageOptions` value, so credentials 
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -90,7 +97,7 @@ def join_uri(base: str, *parts: str) -> str:
 def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -> list[str]:
     """Sorted relative paths of the files under `uri` whose extension is in `extensions` (case-insensitive)."""
     fs, root = filesystem_for(uri, options)
-    info = fs.get_file_info(root)
+    info = retry_io(lambda: fs.get_file_info(root), f"looking up {uri}")
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {uri!r} does not exist (nothing found at that path or prefix)")
     if info.type == pafs.FileType.File:
@@ -99,7 +106,8 @@ def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -
         )
     wanted = {"." + ext.lower() for ext in extensions}
     relative = []
-    for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+    listing = retry_io(lambda: fs.get_file_info(pafs.FileSelector(root, recursive=True)), f"listing {uri}")
+    for entry in listing:
         if entry.type != pafs.FileType.File:
             continue
         if os.path.splitext(entry.path)[1].lower() in wanted:
@@ -109,8 +117,12 @@ def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -
 
 def read_bytes(uri: str, options: StorageOptions) -> bytes:
     fs, path = filesystem_for(uri, options)
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    return retry_io(read, f"reading {uri}")
 
 
 def list_names(uri: str, options: StorageOptions) -> list[str]:
@@ -126,11 +138,42 @@ def list_names(uri: str, options: StorageOptions) -> list[str]:
     )
 
 
+# An object store that goes away (restart, failover, throttling) is waited for this long before a read or
+# write gives up; a minute covers the restarts seen in practice without hiding a store that is really gone.
+RETRY_BUDGET_S = 60.0
+
+
+def retry_io(action: Callable[[], T], what: str, *, budget_s: float = RETRY_BUDGET_S) -> T:
+    """Run `action`, retrying OSErrors (connection refused, timeouts, 5xx) with exponential backoff.
+
+    A missing file is not transient and is raised at once.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
 def write_parquet_atomically(table: pa.Table, uri: str, options: StorageOptions) -> None:
-    """Write a whole Parquet file so that readers see it complete or not at all.
+    """Write a whole Parquet file so that readers see it complete or not at all (retried while the store is away).
 
     S3 objects appear only when their upload completes; other filesystems get a temporary name then a rename.
     """
+    retry_io(lambda: _write_parquet_once(table, uri, options), f"writing {uri}")
+
+
+def _write_parquet_once(table: pa.Table, uri: str, options: StorageOptions) -> None:
     fs, path = filesystem_for(uri, options)
     parent = posixpath.dirname(path)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -144,6 +187,10 @@ def write_parquet_atomically(table: pa.Table, uri: str, options: StorageOptions)
 
 
 def write_text(uri: str, text: str, options: StorageOptions) -> None:
+    retry_io(lambda: _write_text_once(uri, text, options), f"writing {uri}")
+
+
+def _write_text_once(uri: str, text: str, options: StorageOptions) -> None:
     fs, path = filesystem_for(uri, options)
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(posixpath.dirname(path), recursive=True)
