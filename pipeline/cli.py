@@ -17,6 +17,9 @@ from pipeline.config import CaptionConfig, ConfigError, load_config
 
 logger = logging.getLogger("llava_batch")
 
+EXIT_INVALID_SETTINGS = 2
+EXIT_TOO_MANY_ERRORS = 3
+
 FIELD_HELP = {
     "input": "images to process: a local folder, file://, s3://bucket/prefix/ or any fsspec URL",
     "output": "where Parquet results go (local folder, s3://, ...); must not be inside the input",
@@ -44,6 +47,7 @@ FIELD_HELP = {
     "dtype": "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU",
     "attn_implementation": "attention kernel",
     "max_image_pixels": "images with more pixels become error rows (decompression-bomb guard)",
+    "max_error_rate": "exit with code 3 (after writing everything) when a larger share of rows has errors",
     "s3_endpoint_url": "S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
     "address": "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)",
     "overwrite": "delete previous results in the output and start over",
@@ -82,6 +86,14 @@ def run_caption_command(args: argparse.Namespace) -> int:
     finally:
         shutdown()
     print(result.summary)
+    if result.error_rate > config.max_error_rate:
+        print(
+            f"llava-batch: error: {result.errors} of {result.rows} rows ({result.error_rate:.1%}) have errors, over "
+            f"--max-error-rate {config.max_error_rate:.1%}; the rows were written (see the `error` column). "
+            "Raise --max-error-rate if this is expected.",
+            file=sys.stderr,
+        )
+        return EXIT_TOO_MANY_ERRORS
     return 0
 
 
@@ -129,10 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
     except (FileNotFoundError, NotADirectoryError) as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
 
 
 if __name__ == "__main__":

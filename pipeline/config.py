@@ -111,6 +111,7 @@ class CaptionConfig:
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     max_image_pixels: int = 64_000_000
+    max_error_rate: float = 0.1
     s3_endpoint_url: str | None = None
     address: str | None = None
     overwrite: bool = False
@@ -150,6 +151,7 @@ class CaptionConfig:
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
         _check_range("files_per_shard", self.files_per_shard, 1, 1_000_000)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
+        _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         if self.gpus_per_replica is not None:
             _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
         _check_choice("dtype", self.dtype, DTYPES)

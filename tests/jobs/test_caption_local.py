@@ -32,6 +32,7 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     folder, expected_ids = image_folder
     output = tmp_path / "captions"
     argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
+    # One broken file in six is over the default --max-error-rate of 10%.
     argv += [
         "--max-new-tokens",
         "6",
@@ -39,9 +40,10 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
         "4",
         "--files-per-shard",
         "4",
-        "--prompt",
-        "What is it?",
+        "--max-error-rate",
+        "0.5",
     ]
+    argv += ["--prompt", "What is it?"]  # last: the test swaps it below
     assert main(argv) == 0
     rows = read_rows(output)
     assert sorted(rows) == expected_ids
@@ -183,3 +185,20 @@ def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path,
     assert 0 < len(first) < 8
     # Every shard has its file, the ones with nothing selected too, so a re-run has nothing left to do.
     assert len(list((tmp_path / "a").glob("part-*.parquet"))) == 8
+
+
+def test_too_many_errors_exit_non_zero_after_writing_everything(tmp_path, tiny_models, capsys):
+    folder = tmp_path / "in"
+    write_images(folder, 2)
+    (folder / "bad-1.png").write_bytes(b"")
+    (folder / "bad-2.png").write_bytes(b"GIF89a broken")
+    output = tmp_path / "out"
+    argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
+    assert main(argv + ["--max-new-tokens", "2"]) == 3
+    assert "2 of 4 rows (50.0%) have errors, over --max-error-rate 10.0%" in capsys.readouterr().err
+    assert sorted(pq.read_table(output).column("id").to_pylist()) == [
+        "bad-1.png",
+        "bad-2.png",
+        "img-000.png",
+        "img-001.jpg",
+    ]
