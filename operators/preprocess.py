@@ -48,6 +48,10 @@ class PreprocessForModel:
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
         self.fallback_chat_template = fallback_chat_template
+        if not getattr(self.processor, "chat_template", None):
+            logger.warning(
+                "%s has no chat template; rendering prompts with the family's fallback format", model
+            )
         self.visual_prompt_field = visual_prompt_field
         self.image_token_id = _image_token_id(self.processor)
 

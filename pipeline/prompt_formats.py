@@ -235,8 +235,8 @@ def fallback_format_name(model_type: str, text_model_type: str, name_or_path: st
             return "llava_next_qwen"
         if "llama3" in name or "llama-3" in name:
             return "llava_next_llama3"
-        if "vicuna" not in name:
-            logger.warning("no LLaVA-NeXT prompt format known for %r; using the Vicuna format", name_or_path)
+        # Vicuna is the 7B/13B default. Only used when the checkpoint has no template of its own, and
+        # PreprocessForModel logs it then.
         return "llava_next_vicuna"
     raise ValueError(
         f"no fallback prompt format for model_type {model_type!r}; known model types: llava, llava_next, vipllava"
