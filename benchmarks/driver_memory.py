@@ -77,14 +77,19 @@ def main() -> int:
     results = []
     for rows in args.rows:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", "--rows", str(rows)], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--child", "--rows", str(rows)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     base = results[0]["driver_peak_rss_mib"]
     for result in results[1:]:
         growth = result["driver_peak_rss_mib"] / base - 1
-        print(f"{result['rows']} rows vs {results[0]['rows']}: driver peak RSS {growth:+.1%} (bar: within +10%)")
+        print(
+            f"{result['rows']} rows vs {results[0]['rows']}: driver peak RSS {growth:+.1%} (bar: within +10%)"
+        )
     return 0
 
 

@@ -81,7 +81,8 @@ def caption_stages(
         Stage(
             "generate",
             Generate,
-            batch_size=config.batch_size,
+            # A window of several batches per call, regrouped by prompt length inside the replica.
+            batch_size=config.batch_size * config.length_window,
             num_cpus=shares.generate,
             num_gpus=gpus,
             pool=(config.replicas.min, config.replicas.max),
@@ -94,6 +95,9 @@ def caption_stages(
                 "trust_remote_code": config.trust_remote_code,
                 # A replica larger than one GPU is spread over its GPUs by accelerate.
                 "device_map": "auto" if gpus > 1 else None,
+                "rows_per_call": config.batch_size,
+                "max_batch_tokens": config.batch_tokens,
+                "group_by_length": config.length_window > 1,
             },
         ),
     ]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from operators.batch import column, require_columns, row_count
+from operators.length_grouping import plan_generate_calls
 from operators.tensor_codec import unpack_arrays
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,12 @@ class Generate:
         trust_remote_code: bool = False,
         device_map: dict[str, Any] | str | None = None,
         padding_side: str = "left",
+        rows_per_call: int | None = None,
+        max_batch_tokens: int | None = None,
+        group_by_length: bool = True,
     ) -> None:
+        """`rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
+        prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch."""
         from operators.preprocess import load_processor
 
         self.model_name = model
@@ -131,6 +137,9 @@ class Generate:
         self.generate_kwargs = dict(generate_kwargs)
         self.seed = seed
         self.padding_side = padding_side
+        self.rows_per_call = rows_per_call
+        self.max_batch_tokens = max_batch_tokens
+        self.group_by_length = group_by_length
         # Rows per generate call that fit in memory, learned per prompt-length bucket after an OOM.
         self.max_rows_by_length: dict[int, int] = {}
         config = self.model.generation_config
@@ -156,20 +165,28 @@ class Generate:
         groups: dict[str, list[int]] = {}
         for index in ready:
             groups.setdefault(overrides[index] or "", []).append(index)
-        for override, indices in groups.items():
-            rows = [unpack_arrays(batch["model_inputs"][index]) for index in indices]
-            ids = (
-                [str(batch["id"][index]) for index in indices] if "id" in batch else [str(i) for i in indices]
-            )
+        for override, group in groups.items():
+            unpacked = {index: unpack_arrays(batch["model_inputs"][index]) for index in group}
             kwargs = merge_generation(self.generate_kwargs, json.loads(override) if override else {})
-            try:
-                results = self.generate_with_backoff(rows, ids, kwargs)
-            except Exception as error:  # a failing batch becomes error rows, the replica keeps serving
-                logger.exception("generation failed for a batch of %d rows", len(rows))
-                results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
-            for index, (text, count, reason, error) in zip(indices, results):
-                texts[index], output_tokens[index], finish_reasons[index] = text, count, reason
-                errors[index] = errors[index] if error is None else error
+            lengths = [len(unpacked[index]["input_ids"]) for index in group]
+            calls = plan_generate_calls(
+                lengths,
+                max_rows=self.rows_per_call or len(group),
+                max_tokens=self.max_batch_tokens,
+                group_by_length=self.group_by_length,
+            )
+            for call in calls:
+                indices = [group[position] for position in call]
+                rows = [unpacked[index] for index in indices]
+                ids = [str(batch["id"][index]) if "id" in batch else str(index) for index in indices]
+                try:
+                    results = self.generate_with_backoff(rows, ids, kwargs)
+                except Exception as error:  # a failing call becomes error rows, the replica keeps serving
+                    logger.exception("generation failed for a batch of %d rows", len(rows))
+                    results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
+                for index, (text, count, reason, error) in zip(indices, results):
+                    texts[index], output_tokens[index], finish_reasons[index] = text, count, reason
+                    errors[index] = errors[index] if error is None else error
         out = {name: values for name, values in batch.items() if name != "model_inputs"}
         out.update(
             generated_text=texts,

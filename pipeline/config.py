@@ -104,6 +104,8 @@ class CaptionConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
+    batch_tokens: int | None = None
+    length_window: int = 4
     replicas: ReplicaRange | str = "1"
     gpus_per_replica: int | None = None
     preprocess_workers: int = 1
@@ -148,6 +150,9 @@ class CaptionConfig:
             self.prompt_set = load_prompts_file(self.prompts_file)
         self.replicas = ReplicaRange.parse(self.replicas)
         _check_range("batch_size", self.batch_size, 1, 4096)
+        if self.batch_tokens is not None:
+            _check_range("batch_tokens", self.batch_tokens, 1, 2**31)
+        _check_range("length_window", self.length_window, 1, 64)
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
         _check_range("files_per_shard", self.files_per_shard, 1, 1_000_000)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
