@@ -12,7 +12,7 @@ from operators.preprocess import PreprocessForModel
 from operators.prompts import expand_prompts
 from pipeline.config import CaptionConfig, ConfigError
 from pipeline.inputs import plan_shards
-from pipeline.model_families import ModelInfo, inspect_model, model_provenance
+from pipeline.model_families import ModelInfo, check_model_loadable, inspect_model, model_provenance
 from pipeline.prompt_formats import fallback_chat_template
 from pipeline.prompt_sets import PromptSpec
 from pipeline.ray_cluster import ClusterResources, configure_ray_data, connect
@@ -145,6 +145,7 @@ def run_caption(config: CaptionConfig) -> JobResult:
     Ray starts, so a typo costs seconds, not a cluster start."""
     options = StorageOptions(config.s3_endpoint_url)
     model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
     input_format, shards = plan_shards(
         config.input,
         options,

@@ -58,8 +58,13 @@ def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> Mode
         )
     except OSError:
         config = None
-    except ValueError as error:  # transformers raises ValueError for model types it does not know
-        raise ConfigError(f"model: {name_or_path!r} could not be read: {error}") from error
+    except ValueError as error:  # unknown model types, and custom code without trust_remote_code
+        hint = (
+            " Pass --trust-remote-code only if you trust its author."
+            if "trust_remote_code" in str(error)
+            else ""
+        )
+        raise ConfigError(f"model: {name_or_path!r} could not be read: {error}{hint}") from error
     if config is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable_reason()
@@ -127,3 +132,32 @@ def _model_folder(name_or_path: str) -> Path | None:
         return Path(cached_file(name_or_path, "config.json", local_files_only=True)).parent
     except (OSError, ValueError):
         return None
+
+
+def check_model_loadable(model: ModelInfo, *, trust_remote_code: bool = False) -> None:
+    """Fail before any data is read when the replicas could not load the model: the processor must load and the
+    weight files must be there with readable headers (only the headers are read, not the weights)."""
+    from operators.preprocess import load_processor
+
+    try:
+        load_processor(model.name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # tokenizer/processor files missing or broken
+        raise ConfigError(
+            f"model: the processor of {model.name_or_path!r} does not load: {type(error).__name__}: {error}"
+        ) from None
+    folder = _model_folder(model.name_or_path)
+    if folder is None:
+        return  # weights of a hub model are fetched by the replicas
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        raise ConfigError(f"model: no weight files (*.safetensors, *.bin) in {str(folder)!r}")
+    from safetensors import safe_open
+
+    for path in weights:
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:
+            raise ConfigError(f"model: weight file {str(path)!r} is unreadable: {error}") from None
