@@ -118,3 +118,31 @@ def test_model_replica_killed_mid_run(tmp_path, tiny_models):
     assert killed, "a generation actor should have been found and killed"
     ids = pq.read_table(output).column("id").to_pylist()
     assert sorted(ids) == names
+
+
+def test_driver_killed_while_the_store_flaps_then_resumed(seaweedfs, s3_bucket, tiny_models, monkeypatch):
+    from tests.jobs.test_resume import run_and_kill
+
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    fs = seaweedfs.fs()
+    names = upload(fs, s3_bucket)
+    argv = argv_for(s3_bucket, str(tiny_models["llava"]))
+    flaps = []
+
+    def committed_then_flap() -> int:
+        try:
+            count = len(s3_ids(fs, s3_bucket))
+        except (FileNotFoundError, OSError):
+            return 0
+        if count and not flaps:
+            flaps.append(seaweedfs.restart_after(6))  # the store goes away; the driver dies during the outage
+            time.sleep(1)
+            return 2
+        return 0
+
+    run_and_kill(argv, committed_then_flap, dict(os.environ))
+    flaps[0].join()
+    assert main(argv) == 0
+    ids = s3_ids(seaweedfs.fs(), s3_bucket)
+    assert sorted(ids) == names and len(ids) == len(set(ids))
