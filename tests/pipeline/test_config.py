@@ -87,7 +87,10 @@ def test_keep_columns_from_a_comma_separated_flag():
 
 def test_credentials_in_urls_are_redacted_from_the_config_record():
     config = CaptionConfig(
-        input="s3://bucket/in", output="s3://bucket/out", model="m", s3_endpoint_url="http://AKIA:s3cr3t@minio:9000"
+        input="s3://bucket/in",
+        output="s3://bucket/out",
+        model="m",
+        s3_endpoint_url="http://AKIA:s3cr3t@minio:9000",
     )
     record = str(config.to_dict())
     assert "s3cr3t" not in record and "AKIA" not in record

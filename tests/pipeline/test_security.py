@@ -13,7 +13,9 @@ from pipeline.model_families import check_model_loadable, inspect_model
 from tests.support.images import write_images
 
 ROOT = Path(__file__).resolve().parents[2]
-SHELL_CALLS = re.compile(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|subprocess\.getstatusoutput")
+SHELL_CALLS = re.compile(
+    r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|subprocess\.getstatusoutput"
+)
 
 
 def test_no_source_file_passes_strings_to_a_shell():
@@ -27,7 +29,7 @@ def test_no_source_file_passes_strings_to_a_shell():
 
 
 def test_the_shell_check_can_fail():
-    assert SHELL_CALLS.search('subprocess.run(command, shell=True)')
+    assert SHELL_CALLS.search("subprocess.run(command, shell=True)")
     assert SHELL_CALLS.search("os.system('ls ' + name)")
 
 
@@ -54,7 +56,10 @@ def test_a_model_whose_weights_are_broken_fails_before_any_data_is_read(tmp_path
         check_model_loadable(inspect_model(str(model)))
     folder = tmp_path / "in"
     write_images(folder, 1)
-    assert main(["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(model)]) == 2
+    assert (
+        main(["caption", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(model)])
+        == 2
+    )
     assert "is unreadable" in capsys.readouterr().err
     assert not (tmp_path / "out").exists(), "nothing may be written when the model cannot load"
 
