@@ -11,11 +11,15 @@ def detect_input_format(input_uri: str, options: StorageOptions) -> str:
 
     Costs one listing of the prefix; pass --input-format to skip it on very large prefixes.
     """
+    lowered = input_uri.lower()
+    if lowered.endswith(".tar"):  # a single tar or table, or a pattern of them
+        return "webdataset"
+    if lowered.endswith(".parquet"):
+        return "parquet"
     if any(char in input_uri for char in PATTERN_CHARACTERS):
-        lowered = input_uri.lower()
-        if lowered.endswith(".tar") or lowered.endswith(".tar}"):
+        if lowered.endswith(".tar}"):
             return "webdataset"
-        if lowered.endswith(".parquet") or lowered.endswith(".parquet}"):
+        if lowered.endswith(".parquet}"):
             return "parquet"
         raise ValueError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
     found = list_files(input_uri, options, ("tar", "parquet", *IMAGE_EXTENSIONS))

@@ -1,0 +1,363 @@
+"""WebDataset input: plan one shard per .tar (a prefix, brace ranges/lists or globs) and read a tar's samples.
+
+Writes `id` (tar path/key), `source` (tar URI#key), `image_bytes`, `fields` (JSON of the sidecars), `error`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from itertools import product
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipeline.readers import ReadSpec
+from pipeline.shards import Shard, shard_id_for
+from pipeline.storage import (
+    PATTERN_CHARACTERS,
+    StorageOptions,
+    filesystem_for,
+    fixed_prefix,
+    join_uri,
+    retry_io,
+)
+
+logger = logging.getLogger(__name__)
+
+# Priority order when a sample holds more than one image.
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Binary payloads that are never turned into text fields.
+_BINARY_EXTENSIONS = frozenset({*WEBDATASET_IMAGE_EXTENSIONS, "bmp", "gif", "tif", "tiff", "npy", "pth"})
+# Large sequential reads: one ranged GET per buffer on S3 rather than one per tar header.
+_READ_BUFFER_BYTES = 8 << 20
+_MISSING_SHOWN = 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning: which files an input names (shared with the Parquet reader)
+# ---------------------------------------------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand `{a,b}` lists and `{000..009}` ranges like bash: left to right, nested braces allowed.
+
+    A range whose ends are written zero-padded keeps their width. Text in braces that is neither a list nor a
+    range (say `{x}`) stays as it is.
+    """
+    start = pattern.find("{")
+    while start != -1:
+        end = _matching_brace(pattern, start)
+        if end == -1:
+            return [pattern]
+        choices = _brace_choices(pattern[start + 1 : end])
+        if choices is not None:
+            head, tail = pattern[:start], pattern[end + 1 :]
+            expanded = [head + choice for choice in choices]
+            return [a + b for a, b in product(_expand_all(expanded), expand_braces(tail))]
+        start = pattern.find("{", start + 1)
+    return [pattern]
+
+
+def _expand_all(patterns: list[str]) -> list[str]:
+    return [text for pattern in patterns for text in expand_braces(pattern)]
+
+
+def _matching_brace(text: str, start: int) -> int:
+    depth = 0
+    for index in range(start, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+    return -1
+
+
+def _brace_choices(inner: str) -> list[str] | None:
+    numeric = _RANGE.match(inner)
+    if numeric:
+        first, last, step_text = numeric.groups()
+        step = abs(int(step_text)) if step_text else 1
+        if step == 0:
+            raise ValueError(f"input pattern: brace range {{{inner}}} has a step of 0")
+        low, high = int(first), int(last)
+        padded = any(len(end.lstrip("-")) > 1 and end.lstrip("-").startswith("0") for end in (first, last))
+        width = max(len(first), len(last)) if padded else 0
+        values = range(low, high + 1, step) if low <= high else range(low, high - 1, -step)
+        return [f"{value:0{width}d}" for value in values]
+    parts, depth, current = [], 0, []
+    for char in inner:
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += (char == "{") - (char == "}")
+        current.append(char)
+    parts.append("".join(current))
+    return parts if len(parts) > 1 else None
+
+
+def is_hidden(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.startswith(".") or name.startswith("_")
+
+
+def _glob_match(pattern: str, path: str) -> bool:
+    """Shell-glob semantics: `*`, `?` and `[...]` never cross a '/'."""
+    pattern_parts, path_parts = pattern.split("/"), path.split("/")
+    return len(pattern_parts) == len(path_parts) and all(
+        fnmatchcase(name, part) for part, name in zip(pattern_parts, path_parts)
+    )
+
+
+def _has_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def _list_relative(fs: pafs.FileSystem, root: str, uri: str, *, recursive: bool) -> list[str]:
+    selector = pafs.FileSelector(root, recursive=recursive)
+    listing = retry_io(lambda: fs.get_file_info(selector), f"listing {uri}")
+    return sorted(
+        posixpath.relpath(entry.path, root) for entry in listing if entry.type == pafs.FileType.File
+    )
+
+
+def resolve_input_files(input_uri: str, options: StorageOptions, extension: str) -> tuple[str, list[str]]:
+    """(root URI, relative paths) of the `.{extension}` files an input names, in plan order.
+
+    The input is a folder or prefix (listed recursively, sorted, hidden files skipped), a single file, or a
+    pattern with braces and/or globs (expansion order; each glob's matches sorted). A brace-expanded name that
+    does not exist raises FileNotFoundError listing the first few missing names.
+    """
+    wanted = "." + extension.lower()
+    if not any(char in input_uri for char in PATTERN_CHARACTERS):
+        fs, path = filesystem_for(input_uri, options)
+        info = retry_io(lambda: fs.get_file_info(path), f"looking up {input_uri}")
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                f"input {input_uri!r} does not exist (nothing found at that path or prefix)"
+            )
+        if info.type == pafs.FileType.File:
+            folder, _, name = input_uri.rstrip("/").rpartition("/")
+            return (folder or "/") if "/" in input_uri else ".", [name]
+        found = [
+            relative
+            for relative in _list_relative(fs, path, input_uri, recursive=True)
+            if relative.lower().endswith(wanted) and not is_hidden(relative)
+        ]
+        if not found:
+            raise FileNotFoundError(f"input {input_uri!r}: no {wanted} files under that prefix")
+        return input_uri, found
+
+    # A pattern: list its fixed prefix once and match every expanded name against that listing.
+    prefix = fixed_prefix(input_uri)
+    root = prefix.rstrip("/") or prefix or "."
+    expanded = list(dict.fromkeys(expand_braces(input_uri[len(prefix) :])))
+    fs, root_path = filesystem_for(root, options)
+    info = retry_io(lambda: fs.get_file_info(root_path), f"looking up {root}")
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"input {input_uri!r}: its folder or prefix {root!r} does not exist")
+    listing = _list_relative(fs, root_path, root, recursive=any("/" in name for name in expanded))
+    present = set(listing)
+    chosen: dict[str, None] = {}
+    missing = []
+    for name in expanded:
+        if _has_glob(name):
+            for relative in listing:
+                if (
+                    relative.lower().endswith(wanted)
+                    and not is_hidden(relative)
+                    and _glob_match(name, relative)
+                ):
+                    chosen.setdefault(relative)
+        elif name in present:
+            chosen.setdefault(name)
+        else:
+            missing.append(name)
+    if missing:
+        shown = ", ".join(join_uri(root, name) for name in missing[:_MISSING_SHOWN])
+        more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
+        raise FileNotFoundError(
+            f"input {input_uri!r}: {len(missing)} of the {len(expanded)} names it expands to do not exist: "
+            f"{shown}{more}"
+        )
+    if not chosen:
+        raise FileNotFoundError(f"input {input_uri!r}: no {wanted} files match the pattern")
+    return root, list(chosen)
+
+
+def plan_limited(
+    root: str, files: list[str], kind: str, limit: int | None, count_rows: Callable[[str], int]
+) -> list[Shard]:
+    """One shard per file; with `limit`, files in order until `limit` rows are covered (`count_rows(relpath)`
+    gives a file's rows), the last one cut to the remainder. Limited plans get their own shard ids."""
+    if limit is None:
+        return [Shard(shard_id_for((relative,)), root, (relative,), kind) for relative in files]
+    if limit < 1:
+        raise ValueError(f"limit: {limit!r} must be at least 1")
+    selection = f"limit={limit}"
+    shards = []
+    remaining = limit
+    for relative in files:
+        rows = count_rows(relative)
+        row_limit = remaining if rows >= remaining else None
+        shards.append(Shard(shard_id_for((relative,), selection), root, (relative,), kind, row_limit))
+        remaining -= rows
+        if remaining <= 0:
+            break
+    return shards
+
+
+def plan_webdataset_shards(
+    input_uri: str, options: StorageOptions, *, limit: int | None = None
+) -> list[Shard]:
+    """One shard per tar; `limit` counts samples from tar headers only (no image data is read)."""
+    root, tars = resolve_input_files(input_uri, options, "tar")
+    fs, root_path = filesystem_for(root, options)
+
+    def count_samples(relative: str) -> int:
+        path = posixpath.join(root_path, relative)
+
+        def count() -> int:
+            # Unbuffered: tarfile reads each 512-byte header and seeks past the data, one small read each.
+            with fs.open_input_file(path) as handle:
+                scan = _scan_tar(handle, read_data=False)
+            # A broken tar still gives one row: its error row.
+            return len(scan.samples) + (scan.failure is not None)
+
+        return retry_io(count, f"counting samples in {join_uri(root, relative)}")
+
+    return plan_limited(root, tars, "webdataset", limit, count_samples)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading one tar
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sample_key(member_name: str) -> tuple[str, str] | None:
+    """(key, extension) by the WebDataset rule: the key runs to the first dot of the basename; None for
+    members that are not part of a sample (hidden, or with no extension)."""
+    name = member_name[2:] if member_name.startswith("./") else member_name
+    folder, base = posixpath.split(name)
+    if base.startswith(".") or base.startswith("__") or "." not in base:
+        return None
+    stem, extension = base.split(".", 1)
+    return posixpath.join(folder, stem), extension.lower()
+
+
+@dataclass
+class TarScan:
+    """Samples of a tar in tar order (extension -> bytes, or b"" when data was not read), and why the scan
+    stopped early, if it did. Samples listed are complete: the one being read at a break is dropped."""
+
+    samples: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    failure: str | None = None
+    lost_key: str | None = None
+
+
+def _scan_tar(handle: Any, *, read_data: bool) -> TarScan:
+    """Walk a tar from a seekable file; corruption ends the scan, OSErrors propagate (to be retried)."""
+    scan = TarScan()
+    try:
+        with tarfile.open(fileobj=handle, mode="r:") as tar:
+            for member in tar:
+                key = sample_key(member.name) if member.isfile() else None
+                if key is None:
+                    continue
+                # Registered before its data is read, so a break inside the data marks this sample as lost.
+                members = scan.samples.setdefault(key[0], {})
+                extracted = tar.extractfile(member) if read_data else None
+                members[key[1]] = extracted.read() if extracted is not None else b""
+            # tarfile ends quietly at a truncated or garbled header after the first member; only the
+            # end-of-archive block (512 zero bytes) tells a whole tar from one cut short at a member boundary.
+            handle.seek(tar.offset)
+            block = handle.read(tarfile.BLOCKSIZE)
+            if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
+                raise tarfile.ReadError(
+                    f"no end-of-archive block at byte {tar.offset} (cut short or corrupt after a member)"
+                )
+    except (tarfile.TarError, EOFError, ValueError) as error:
+        scan.failure = f"{type(error).__name__}: {error}"
+        # The sample being read when the tar broke may have members past the break: never emit it half-read.
+        if scan.samples:
+            scan.lost_key = next(reversed(scan.samples))
+            del scan.samples[scan.lost_key]
+    return scan
+
+
+def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:
+    """One row per sample key in tar order; a broken tar gives its complete samples, then one error row."""
+    (relative,) = shard.members
+    tar_uri = join_uri(shard.root, relative)
+    fs, root_path = filesystem_for(shard.root, options)
+    path = posixpath.join(root_path, relative)
+
+    def read() -> TarScan:
+        with io.BufferedReader(fs.open_input_file(path), buffer_size=_READ_BUFFER_BYTES) as handle:
+            return _scan_tar(handle, read_data=True)
+
+    try:
+        scan = retry_io(read, f"reading {tar_uri}")
+    except FileNotFoundError:
+        scan = TarScan(failure="file disappeared between listing and reading")
+    except OSError as error:
+        scan = TarScan(failure=f"{type(error).__name__}: {error}")
+
+    for key, members in scan.samples.items():
+        yield _sample_row(f"{relative}/{key}", f"{tar_uri}#{key}", members, spec)
+    if scan.failure is not None:
+        detail = ""
+        if scan.lost_key is not None:
+            detail = f" (after {len(scan.samples)} complete samples; lost from sample {scan.lost_key!r} on)"
+        logger.warning("cannot read tar %s: %s%s", tar_uri, scan.failure, detail)
+        yield {
+            "id": relative,
+            "source": tar_uri,
+            "image_bytes": None,
+            "fields": json.dumps({}),
+            "error": f"read: cannot read tar: {scan.failure}{detail}",
+            **{name: None for name in spec.keep_columns},
+        }
+
+
+def _sample_row(sample_id: str, source: str, members: dict[str, bytes], spec: ReadSpec) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    error = None
+    if "json" in members:
+        try:
+            parsed = json.loads(members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+            error = f"read: bad JSON sidecar: {problem}"
+        else:
+            # A sidecar that is not an object (a list, a string) is kept whole under `json`.
+            fields.update(parsed if isinstance(parsed, dict) else {"json": parsed})
+    for extension, data in members.items():
+        if extension == "json" or extension in _BINARY_EXTENSIONS:
+            continue
+        try:
+            fields[extension] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            logger.debug("%s: member .%s is not UTF-8 text; not a field", source, extension)
+    image = next((members[ext] for ext in WEBDATASET_IMAGE_EXTENSIONS if ext in members), None)
+    if image is None and error is None:
+        error = "read: sample has no image (jpg/jpeg/png/webp) in the tar"
+    return {
+        "id": sample_id,
+        "source": source,
+        "image_bytes": None if error is not None or image is None else [image],
+        "fields": json.dumps(fields),
+        "error": error,
+        **{name: fields.get(name) for name in spec.keep_columns},
+    }
