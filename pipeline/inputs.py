@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.config import ConfigError
 from pipeline.shards import Shard, plan_image_shards
 from pipeline.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
 
@@ -21,7 +22,7 @@ def detect_input_format(input_uri: str, options: StorageOptions) -> str:
             return "webdataset"
         if lowered.endswith(".parquet}"):
             return "parquet"
-        raise ValueError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
+        raise ConfigError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
     found = list_files(input_uri, options, ("tar", "parquet", *IMAGE_EXTENSIONS))
     if any(path.lower().endswith(".tar") for path in found):
         return "webdataset"
