@@ -61,27 +61,22 @@ class ProgressReporter:
         )
 
 
-def summary_text(
-    *,
-    job: str,
-    rows: int,
-    errors: int,
-    errors_by_kind: dict[str, int],
-    skipped_shards: int,
-    skipped_rows: int | None,
-    elapsed: float,
-    output_tokens: int,
-    output_uri: str,
-) -> str:
-    rate = rows / elapsed if elapsed > 0 else 0.0
-    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(errors_by_kind.items())) or "none"
+def summary_text(result: Any) -> str:
+    """The one-screen summary printed when a job ends (`result` is a pipeline.runner.JobResult)."""
+    elapsed = result.elapsed
+    rate = result.rows / elapsed if elapsed > 0 else 0.0
+    token_rate = result.output_tokens / elapsed if elapsed > 0 else 0.0
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(result.errors_by_kind.items())) or "none"
+    skipped = f"{result.skipped_shards} shard(s)"
+    if result.skipped_rows is not None:
+        skipped += f", {result.skipped_rows} rows"
     lines = [
-        f"llava-batch {job}: done",
-        f"  rows written      {rows}",
-        f"  rows with errors  {errors} ({kinds})",
-        f"  already committed {skipped_shards} shard(s){'' if skipped_rows is None else f', {skipped_rows} rows'} (skipped)",
+        f"llava-batch {result.job}: done",
+        f"  rows written      {result.rows}",
+        f"  rows with errors  {result.errors} ({kinds})",
+        f"  already committed {skipped} (skipped)",
         f"  time              {format_duration(elapsed)}",
-        f"  throughput        {rate:.2f} images/s, {output_tokens / elapsed if elapsed > 0 else 0:.1f} tokens/s",
-        f"  output            {output_uri}",
+        f"  throughput        {rate:.2f} images/s, {token_rate:.1f} tokens/s",
+        f"  output            {result.output_uri}",
     ]
     return "\n".join(lines)

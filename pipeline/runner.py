@@ -48,6 +48,8 @@ class JobPlan:
 
 @dataclass
 class JobResult:
+    job: str
+    output_uri: str
     rows: int
     errors: int
     errors_by_kind: dict[str, int]
@@ -55,7 +57,10 @@ class JobResult:
     skipped_rows: int | None
     elapsed: float
     output_tokens: int
-    summary: str
+
+    @property
+    def summary(self) -> str:
+        return summary_text(self)
 
     @property
     def error_rate(self) -> float:
@@ -111,28 +116,17 @@ def run_job(plan: JobPlan) -> JobResult:
         logger.info("removing %d output part(s) whose input shards no longer exist", len(stale))
         remove_parts(plan.output_uri, stale, plan.options)
 
-    elapsed = time.monotonic() - started
     stats = committer.stats
-    summary = summary_text(
-        job=plan.job,
-        rows=stats.rows,
-        errors=stats.errors,
-        errors_by_kind=dict(stats.errors_by_kind),
-        skipped_shards=len(skipped),
-        skipped_rows=skipped_rows,
-        elapsed=elapsed,
-        output_tokens=stats.output_tokens,
-        output_uri=plan.output_uri,
-    )
     result = JobResult(
+        job=plan.job,
+        output_uri=plan.output_uri,
         rows=stats.rows,
         errors=stats.errors,
         errors_by_kind=dict(stats.errors_by_kind),
         skipped_shards=len(skipped),
         skipped_rows=skipped_rows,
-        elapsed=elapsed,
+        elapsed=time.monotonic() - started,
         output_tokens=stats.output_tokens,
-        summary=summary,
     )
     # 4. The manifest is written last: its presence says this run finished.
     write_manifest(plan, result, started_at)
