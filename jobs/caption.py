@@ -93,8 +93,8 @@ def caption_stages(
                 "dtype": config.dtype,
                 "attn_implementation": config.attn_implementation,
                 "trust_remote_code": config.trust_remote_code,
-                # A replica larger than one GPU is spread over its GPUs by accelerate.
-                "device_map": "auto" if gpus > 1 else None,
+                # A replica larger than one GPU: its layers spread evenly over its GPUs (pipeline.placement).
+                "device_map": "balanced" if gpus > 1 else None,
                 "rows_per_call": config.batch_size,
                 "max_batch_tokens": config.batch_tokens,
                 "group_by_length": config.length_window > 1,

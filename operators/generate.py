@@ -47,12 +47,28 @@ def load_model(
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
     }
+    if device_map == "balanced":
+        device_map = _balanced_over_visible_gpus(model, kwargs["dtype"], trust_remote_code)
     if device_map is not None:
         kwargs["device_map"] = device_map
     loaded = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
     if device_map is None:
         loaded.to(device_type)
     return loaded.eval()
+
+
+def _balanced_over_visible_gpus(model: str, dtype: torch.dtype, trust_remote_code: bool) -> dict[str, Any]:
+    """A replica owns the GPUs Ray made visible to it; spread the layers evenly, leaving 15% for activations."""
+    from transformers import AutoConfig
+
+    from pipeline.placement import balanced_device_map, empty_model
+
+    count = torch.cuda.device_count()
+    memory = int(torch.cuda.get_device_properties(0).total_memory * 0.85)
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    device_map = balanced_device_map(empty_model(config), count, memory, dtype)
+    logger.info("replica spread over %d GPUs: %s", count, device_map)
+    return device_map
 
 
 def left_pad_collate(
