@@ -131,10 +131,11 @@ def _family_spec(family: str) -> _FamilySpec:
     return _SPECS[family]
 
 
-def build_tokenizer(chatml: bool = False) -> Any:
+def build_tokenizer(chatml: bool = False, extra_corpus: str = "") -> Any:
     """A byte-level BPE fast tokenizer trained on the built-in corpus: offline, deterministic, a few ms.
 
     Llama-style (chatml=False): adds <s> in front, ends with </s>. Qwen2-style: no BOS, ends with <|im_end|>.
+    `extra_corpus` (lines of text) is added to the corpus, so its frequent words get merges of their own.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -149,7 +150,7 @@ def build_tokenizer(chatml: bool = False) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tokenizer.train_from_iterator(_CORPUS.splitlines() + extra_corpus.splitlines(), trainer=trainer)
     if not chatml:
         bos_id = tokenizer.token_to_id("<s>")
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -167,29 +168,33 @@ def build_tokenizer(chatml: bool = False) -> Any:
     )
 
 
-def _vision_config(spec: _FamilySpec) -> dict[str, Any]:
+def _vision_config(
+    spec: _FamilySpec, hidden: int = VISION_HIDDEN, layers: int | None = None, image_size: int = IMAGE_SIZE
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "model_type": spec.vision_model_type,
-        "hidden_size": VISION_HIDDEN,
-        "intermediate_size": 2 * VISION_HIDDEN,
-        "num_hidden_layers": spec.vision_layers,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": spec.vision_layers if layers is None else layers,
         "num_attention_heads": 4,
-        "image_size": IMAGE_SIZE,
+        "image_size": image_size,
         "patch_size": PATCH_SIZE,
         "initializer_range": INITIALIZER_RANGE,
     }
     if spec.vision_model_type == "clip_vision_model":
-        config["projection_dim"] = VISION_HIDDEN
+        config["projection_dim"] = hidden
     return config
 
 
-def _text_config(spec: _FamilySpec, tokenizer: Any) -> dict[str, Any]:
+def _text_config(
+    spec: _FamilySpec, tokenizer: Any, hidden: int = TEXT_HIDDEN, layers: int = 2
+) -> dict[str, Any]:
     return {
         "model_type": spec.text_model_type,
         "vocab_size": len(tokenizer),
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": 2 * TEXT_HIDDEN,
-        "num_hidden_layers": 2,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
@@ -202,7 +207,15 @@ def _text_config(spec: _FamilySpec, tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def _image_processor(spec: _FamilySpec) -> Any:
+def grid_pinpoints(image_size: int = IMAGE_SIZE) -> list[list[int]]:
+    """GRID_PINPOINTS scaled to a vision input side, so they stay whole multiples of it."""
+    return [
+        [height * image_size // IMAGE_SIZE, width * image_size // IMAGE_SIZE]
+        for height, width in GRID_PINPOINTS
+    ]
+
+
+def _image_processor(spec: _FamilySpec, image_size: int = IMAGE_SIZE) -> Any:
     import transformers
 
     # The *Pil class by name: with torchvision installed the plain name is the torchvision backend, whose pixel
@@ -210,22 +223,36 @@ def _image_processor(spec: _FamilySpec) -> Any:
     name = spec.image_processor_class
     image_processor_class = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
     if spec.vision_model_type == "siglip_vision_model":
-        return image_processor_class(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        return image_processor_class(size={"height": image_size, "width": image_size})
     kwargs: dict[str, Any] = {
-        "size": {"shortest_edge": IMAGE_SIZE},
-        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
     }
     if spec.processor_class == "LlavaNextProcessor":
         # Must equal the model config's pinpoints, or the processor's token count and the model's features differ.
-        kwargs["image_grid_pinpoints"] = GRID_PINPOINTS
+        kwargs["image_grid_pinpoints"] = grid_pinpoints(image_size)
     return image_processor_class(**kwargs)
 
 
-def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    family: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    text_hidden: int = TEXT_HIDDEN,
+    text_layers: int = 2,
+    vision_hidden: int = VISION_HIDDEN,
+    vision_layers: int | None = None,
+    image_size: int = IMAGE_SIZE,
+    tokenizer_corpus: str = "",
+) -> Path:
     """Write a tiny random-weight checkpoint of `family` (one of FAMILIES) to out_dir and return its path.
 
     It loads back with AutoProcessor.from_pretrained(out_dir, backend="pil") and
     AutoModelForImageTextToText.from_pretrained(out_dir). The same seed gives byte-identical files.
+    The keyword arguments size a larger model (training/train_tiny.py trains one): hidden sizes and layer counts
+    of the text and vision models (vision_layers None: the family's default), the vision input side (a multiple
+    of PATCH_SIZE; LLaVA-NeXT's pinpoints scale with it), and extra tokenizer corpus lines.
     """
     import torch
     import transformers
@@ -236,22 +263,22 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     template = chat_template(FAMILY_FORMATS[family])
 
     # 1. Tokenizer; the model's image_token_index must be its id of <image>.
-    tokenizer = build_tokenizer(chatml=spec.text_model_type == "qwen2")
+    tokenizer = build_tokenizer(chatml=spec.text_model_type == "qwen2", extra_corpus=tokenizer_corpus)
     tokenizer.chat_template = template
 
     # 2. Model config.
     model_class = getattr(transformers, spec.model_class)
     config_kwargs: dict[str, Any] = {
-        "vision_config": _vision_config(spec),
-        "text_config": _text_config(spec, tokenizer),
+        "vision_config": _vision_config(spec, vision_hidden, vision_layers, image_size),
+        "text_config": _text_config(spec, tokenizer, text_hidden, text_layers),
         "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        "image_seq_length": (IMAGE_SIZE // PATCH_SIZE) ** 2,
+        "image_seq_length": (image_size // PATCH_SIZE) ** 2,
     }
     if spec.vision_feature_layer is not None:
         config_kwargs["vision_feature_layer"] = spec.vision_feature_layer
         config_kwargs["vision_feature_select_strategy"] = spec.vision_feature_select_strategy
     if spec.processor_class == "LlavaNextProcessor":
-        config_kwargs["image_grid_pinpoints"] = GRID_PINPOINTS
+        config_kwargs["image_grid_pinpoints"] = grid_pinpoints(image_size)
     config = model_class.config_class(**config_kwargs)
 
     # 3. Seeded float32 weights on CPU.
@@ -264,7 +291,7 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     # 4. Processor: patch_size, extra tokens and strategy let it expand <image> into the model's feature count.
     processor_class = getattr(transformers, spec.processor_class)
     processor = processor_class(
-        image_processor=_image_processor(spec),
+        image_processor=_image_processor(spec, image_size),
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
