@@ -35,12 +35,12 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline jobs operators tests benchmarks
-	$(BIN)/ruff format --check pipeline jobs operators tests benchmarks
+	$(BIN)/ruff check pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff format --check pipeline jobs operators tests benchmarks training
 
 format: $(STAMP)
-	$(BIN)/ruff format pipeline jobs operators tests benchmarks
-	$(BIN)/ruff check --fix pipeline jobs operators tests benchmarks
+	$(BIN)/ruff format pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff check --fix pipeline jobs operators tests benchmarks training
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

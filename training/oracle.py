@@ -79,7 +79,9 @@ def predict(
 
 
 def exact_match(texts: Sequence[str | None], answers: Sequence[str]) -> float:
-    hits = sum(text is not None and text.strip() == answer for text, answer in zip(texts, answers, strict=True))
+    hits = sum(
+        text is not None and text.strip() == answer for text, answer in zip(texts, answers, strict=True)
+    )
     return hits / max(len(answers), 1)
 
 

@@ -176,7 +176,12 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     """Polygon vertices of an upright shape with circumradius r, centred (centroid) on (cx, cy)."""
     if shape == "square":
         half = r * 0.85  # so a square looks about as large as a circle of radius r
-        return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+        return [
+            (cx - half, cy - half),
+            (cx + half, cy - half),
+            (cx + half, cy + half),
+            (cx - half, cy + half),
+        ]
     if shape == "triangle":
         return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.radians([-90, 30, 150])]
     if shape == "star":
@@ -280,7 +285,9 @@ def _vipllava(rng: np.random.Generator) -> Sample:
     if marker == "arrow":
         # From the middle of an empty grid cell, so the arrow is long and crosses no other shape.
         taken = {(item.center[0] > side / 2, item.center[1] > side / 2) for item in items}
-        empty = [(right, low) for right in (False, True) for low in (False, True) if (right, low) not in taken]
+        empty = [
+            (right, low) for right in (False, True) for low in (False, True) if (right, low) not in taken
+        ]
         right, low = empty[int(rng.integers(len(empty)))]
         tail_x = side * ((0.73 if right else 0.27) + rng.uniform(-0.05, 0.05))
         tail_y = side * ((0.73 if low else 0.27) + rng.uniform(-0.05, 0.05))

@@ -99,7 +99,9 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     rows, labels = [], []
     for example in examples:
         row = dict(example.arrays)
-        row["input_ids"] = np.concatenate([example.arrays["input_ids"], np.asarray(example.answer_ids, np.int64)])
+        row["input_ids"] = np.concatenate(
+            [example.arrays["input_ids"], np.asarray(example.answer_ids, np.int64)]
+        )
         rows.append(row)
         labels.append([IGNORE_INDEX] * len(example.arrays["input_ids"]) + example.answer_ids)
     batch = left_pad_collate(rows, pad_token_id, padding_side="right")
@@ -165,7 +167,9 @@ def train(family: str, out: Path, seed: int, settings: TrainSettings) -> dict[st
         optimizer.step()
         losses.append(float(loss))
         if step % 50 == 0 or step == settings.steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step, settings.steps, loss, time.perf_counter() - started)
+            logger.info(
+                "step %d/%d loss %.4f (%.0f s)", step, settings.steps, loss, time.perf_counter() - started
+            )
 
     # 4. Save float32 weights next to the processor the builder wrote.
     model.eval()
@@ -189,7 +193,9 @@ def checkpoint_bytes(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, help="checkpoint folder, e.g. models/llava (overwritten)")
     parser.add_argument("--seed", type=int, default=0)

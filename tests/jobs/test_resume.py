@@ -23,13 +23,15 @@ FILES_PER_SHARD = 2
 def caption_argv(source: str, output: str, model: str) -> list[str]:
     return [
         "caption", "--input", source, "--output", output, "--model", model,
-        "--max-new-tokens", "12", "--batch-size", "2", "--files-per-shard", str(FILES_PER_SHARD),
+        # One row per generate call and a long-ish output keep the run going long enough to be killed mid-way.
+        "--max-new-tokens", "32", "--batch-size", "1", "--length-window", "1",
+        "--files-per-shard", str(FILES_PER_SHARD),
     ]  # fmt: skip
 
 
-def run_and_kill(argv: list[str], count_parts, env: dict[str, str]) -> int:
-    """Start the CLI as its own process group, SIGKILL the driver once 2+ shards are committed; returns how many
-    parts existed at the kill."""
+def run_and_kill(argv: list[str], count_parts, env: dict[str, str], before_kill=None) -> int:
+    """Start the CLI as its own process group and SIGKILL the driver as soon as a shard is committed (after
+    `before_kill()`, if given); returns how many parts existed just before the kill."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *argv],
         env=env,
@@ -39,12 +41,13 @@ def run_and_kill(argv: list[str], count_parts, env: dict[str, str]) -> int:
     )
     try:
         deadline = time.monotonic() + 240
-        while count_parts() < 2:
+        while (committed_at_kill := count_parts()) < 1:
             assert process.poll() is None, "the job ended before it could be killed"
             assert time.monotonic() < deadline, "no shard was committed in time"
-            time.sleep(0.05)
+            time.sleep(0.02)
+        if before_kill is not None:
+            before_kill()
         os.kill(process.pid, signal.SIGKILL)
-        committed_at_kill = count_parts()
         process.wait(timeout=30)
     finally:
         # The driver is gone; its local Ray's processes must not linger into the next run.
@@ -65,7 +68,7 @@ def test_kill_and_resume_local(tmp_path, tiny_models, capsys):
     def parts() -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in output.glob("part-*.parquet")} if output.exists() else {}
 
-    killed_at = run_and_kill(argv, lambda: len(parts()), dict(os.environ))
+    killed_at = run_and_kill(argv, lambda: len(list(output.glob("part-*.parquet"))), dict(os.environ))
     assert killed_at < IMAGES // FILES_PER_SHARD, "the kill came after the whole job had finished"
     before = parts()
     assert all(name.startswith("part-") for name in before)

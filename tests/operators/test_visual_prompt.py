@@ -24,7 +24,9 @@ def is_colour(array: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
 
 def test_box_outline_has_the_colour_at_its_edges_and_leaves_the_rest_untouched():
     image = grey()
-    out = pixels(draw_visual_prompt(image, {"shape": "box", "xyxy": [10, 5, 30, 20], "color": "red", "width": 2}))
+    out = pixels(
+        draw_visual_prompt(image, {"shape": "box", "xyxy": [10, 5, 30, 20], "color": "red", "width": 2})
+    )
     # Edges: two pixels thick, inward from xyxy (PIL draws the outline inside the box).
     assert is_colour(out[5:7, 10:31], RED).all()  # top
     assert is_colour(out[19:21, 10:31], RED).all()  # bottom
@@ -42,7 +44,9 @@ def test_box_outline_has_the_colour_at_its_edges_and_leaves_the_rest_untouched()
 
 
 def test_ellipse_touches_the_box_edges_at_their_middles_but_not_the_corners():
-    out = pixels(draw_visual_prompt(grey(), {"shape": "ellipse", "xyxy": [4, 4, 36, 26], "color": [0, 0, 255]}))
+    out = pixels(
+        draw_visual_prompt(grey(), {"shape": "ellipse", "xyxy": [4, 4, 36, 26], "color": [0, 0, 255]})
+    )
     blue = is_colour(out, (0, 0, 255))
     assert blue[4, 20] and blue[26, 20] and blue[15, 4] and blue[15, 36]  # top, bottom, left, right middles
     assert not blue[4, 4] and not blue[26, 36]  # corners of the box stay grey
