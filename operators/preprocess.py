@@ -1,7 +1,7 @@
 """CPU side of a model: decode images, render the chat prompt, run the family's processor, tokenize unpadded.
 
 Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation`,
-`fields` (for a VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes`.
+`fields` (for a VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes` (unless a later model call needs them).
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ class PreprocessForModel:
         fallback_chat_template: str | None = None,
         trust_remote_code: bool = False,
         visual_prompt_field: str | None = None,
+        keep_image_bytes: bool = False,
     ) -> None:
+        """`keep_image_bytes`: pass the encoded images on, for jobs that call the model again on the same
+        images (instruct: questions first, then answers); by default they are dropped to keep blocks light."""
+        self.keep_image_bytes = keep_image_bytes
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
         self.fallback_chat_template = fallback_chat_template
@@ -91,7 +95,9 @@ class PreprocessForModel:
             packed[index] = pack_arrays(arrays)
             num_input_tokens[index] = int(arrays["input_ids"].shape[-1])
             num_image_tokens[index] = int((arrays["input_ids"] == self.image_token_id).sum())
-        out = {name: values for name, values in batch.items() if name != "image_bytes"}
+        out = {
+            name: values for name, values in batch.items() if self.keep_image_bytes or name != "image_bytes"
+        }
         out.update(
             model_inputs=packed,
             num_input_tokens=num_input_tokens,

@@ -54,6 +54,13 @@ FIELD_HELP = {
     "address": "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)",
     "overwrite": "delete previous results in the output and start over",
     "trust_remote_code": "allow the checkpoint's own Python code to run (off unless you turn it on)",
+    # instruct
+    "instruction": "stage 1: what the model is asked per image; {questions} = the count, {field}s from the row",
+    "questions": "most questions kept per image (one output row per question)",
+    "turns": "turns per conversation; later turns ask the image's other questions, then --follow-up",
+    "follow_up": "user text of later turns once the image's own questions are used up",
+    "question_max_new_tokens": "most tokens of the stage-1 reply that lists the questions",
+    "export_json": "after the run, also write the LLaVA training JSON file here (error rows left out)",
 }
 
 
@@ -99,6 +106,26 @@ def run_caption_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_instruct_command(args: argparse.Namespace) -> int:
+    from jobs.instruct import InstructConfig, run_instruct
+    from pipeline.ray_cluster import shutdown
+
+    config = load_config(InstructConfig, args.config, config_overrides(args, InstructConfig))
+    try:
+        result = run_instruct(config)
+    finally:
+        shutdown()
+    print(result.summary)
+    if result.error_rate > config.max_error_rate:
+        print(
+            f"llava-batch: error: {result.errors} of {result.rows} rows ({result.error_rate:.1%}) have errors, over "
+            f"--max-error-rate {config.max_error_rate:.1%}; the rows were written (see the `error` column).",
+            file=sys.stderr,
+        )
+        return EXIT_TOO_MANY_ERRORS
+    return 0
+
+
 def run_make_tiny_model(args: argparse.Namespace) -> int:
     from pipeline.tiny_models import build_tiny_model
 
@@ -119,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption every image under a prefix")
     add_config_flags(caption, CaptionConfig)
     caption.set_defaults(handler=run_caption_command)
+
+    from jobs.instruct import InstructConfig
+
+    instruct = commands.add_parser(
+        "instruct", help="make LLaVA-style instruction data: the model asks questions per image, then answers"
+    )
+    add_config_flags(instruct, InstructConfig)
+    instruct.set_defaults(handler=run_instruct_command)
 
     tiny = commands.add_parser(
         "make-tiny-model", help="build a tiny random-weight model offline (smoke tests)"

@@ -35,6 +35,15 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "num_output_tokens": pa.int64(),
     "finish_reason": pa.string(),
     "model": pa.string(),
+    # instruct job (jobs/instruct.py): questions, conversations, and how many rows each input became
+    "input_id": pa.string(),
+    "input_rows": pa.int64(),
+    "question": pa.string(),
+    "questions": pa.string(),
+    "conversation_tokens": pa.int64(),
+    "image": pa.string(),
+    "conversations": pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
+    "settings": pa.string(),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -55,6 +56,12 @@ INTERNAL_COLUMNS = (
     "fields",
     "conversation",
     "generation",
+    # instruct: per-input row counts and the turn-by-turn state
+    "input_id",
+    "input_rows",
+    "question",
+    "questions",
+    "conversation_tokens",
 )
 
 
@@ -116,20 +123,35 @@ class CommitStats:
 
 
 class ShardCommitter:
-    """Buffers result rows by shard; writes a shard's file once all its rows have arrived."""
+    """Buffers result rows by shard; writes a shard's file once all its rows have arrived.
 
-    def __init__(self, output_uri: str, options: StorageOptions) -> None:
+    `shard_rows` on every row is the number of inputs the shard holds. By default each input is one row (times
+    a fixed prompt count, folded into `shard_rows` upstream). A job whose inputs expand into a number of rows
+    known only after a model ran (instruct: one row per parsed question) also carries `input_id` and
+    `input_rows` (how many rows that input became): the shard is complete when all its inputs were seen and
+    every one of their rows arrived. `output_table` turns the gathered rows into the job's output columns.
+    """
+
+    def __init__(
+        self,
+        output_uri: str,
+        options: StorageOptions,
+        output_table: Callable[[pa.Table], pa.Table] | None = None,
+    ) -> None:
         self.output_uri = output_uri
         self.options = options
+        self.output_table = output_table or to_output_table
         self.pending: dict[str, list[pa.Table]] = {}
         self.pending_rows: Counter = Counter()
-        self.expected_rows: dict[str, int] = {}
+        self.expected_rows: dict[str, int | None] = {}
+        self.rows_per_input: dict[str, dict[str, int]] = {}
         self.committed: set[str] = set()
         self.stats = CommitStats()
 
     def add(self, table: pa.Table) -> None:
         shard_ids = table.column("shard_id").to_pylist()
         expected = table.column("shard_rows").to_pylist()
+        per_input = "input_rows" in table.column_names
         for shard_id in dict.fromkeys(shard_ids):
             rows = table.filter(pc.equal(table.column("shard_id"), shard_id))
             shard_rows = int(expected[shard_ids.index(shard_id)])
@@ -137,26 +159,42 @@ class ShardCommitter:
                 if shard_rows == 0:
                     continue  # one more copy of an empty shard's marker (one per prompt)
                 raise RuntimeError(f"shard {shard_id}: rows arrived after it was committed (duplicates)")
-            self.expected_rows[shard_id] = shard_rows
             if shard_rows == 0:  # the read stage's marker for a shard with no rows
                 rows = rows.slice(0, 0)
+                self.expected_rows[shard_id] = 0
+            elif per_input:
+                self.expected_rows[shard_id] = self._expected_from_inputs(shard_id, shard_rows, rows)
+            else:
+                self.expected_rows[shard_id] = shard_rows
             self.pending.setdefault(shard_id, []).append(rows)
             self.pending_rows[shard_id] += rows.num_rows
-            if self.pending_rows[shard_id] >= self.expected_rows[shard_id]:
+            wanted = self.expected_rows[shard_id]
+            if wanted is not None and self.pending_rows[shard_id] >= wanted:
                 self._commit(shard_id)
 
-    def incomplete_shards(self) -> dict[str, tuple[int, int]]:
-        """Shards with rows still missing: {shard_id: (rows seen, rows expected)}."""
+    def _expected_from_inputs(self, shard_id: str, shard_inputs: int, rows: pa.Table) -> int | None:
+        """Rows the shard will have, once every one of its inputs has announced its row count; else None."""
+        counts = self.rows_per_input.setdefault(shard_id, {})
+        for input_id, input_rows in zip(
+            rows.column("input_id").to_pylist(), rows.column("input_rows").to_pylist(), strict=True
+        ):
+            counts[input_id] = int(input_rows)
+        return sum(counts.values()) if len(counts) >= shard_inputs else None
+
+    def incomplete_shards(self) -> dict[str, tuple[int, int | None]]:
+        """Shards with rows still missing: {shard_id: (rows seen, rows expected, None if not yet known)}."""
         return {
             shard_id: (self.pending_rows[shard_id], self.expected_rows[shard_id]) for shard_id in self.pending
         }
 
     def _commit(self, shard_id: str) -> None:
-        table = to_output_table(pa.concat_tables(self.pending.pop(shard_id), promote_options="permissive"))
+        gathered = pa.concat_tables(self.pending.pop(shard_id), promote_options="permissive")
+        table = self.output_table(gathered)
+        self.rows_per_input.pop(shard_id, None)
         seen, expected = self.pending_rows.pop(shard_id), self.expected_rows.pop(shard_id)
         if seen != expected or len(set(table.column("id").to_pylist())) != table.num_rows:
             raise RuntimeError(
-                f"shard {shard_id}: {seen} rows for {expected} inputs (duplicate ids); refusing to commit it"
+                f"shard {shard_id}: {seen} rows for {expected} expected (duplicate ids); refusing to commit it"
             )
         write_parquet_atomically(
             table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options
@@ -167,21 +205,23 @@ class ShardCommitter:
         self.stats.shards += 1
         self.stats.errors += len(errors)
         self.stats.errors_by_kind.update(error.split(":", 1)[0] for error in errors)
-        self.stats.output_tokens += int(pc.sum(table.column("num_output_tokens")).as_py() or 0)
+        if "num_output_tokens" in gathered.column_names:
+            self.stats.output_tokens += int(pc.sum(gathered.column("num_output_tokens")).as_py() or 0)
         logger.debug("committed shard %s (%d rows)", shard_id, table.num_rows)
 
 
-def to_output_table(table: pa.Table) -> pa.Table:
-    """Fixed columns first, cast to their declared types (a block of only errors holds nulls of no type)."""
+def to_output_table(table: pa.Table, schema: pa.Schema = OUTPUT_SCHEMA) -> pa.Table:
+    """Fixed columns first, cast to their declared types (a block of only errors holds nulls of no type);
+    then the job's other columns (`--keep-columns`), without the internal bookkeeping."""
     columns, fields = [], []
-    for target in OUTPUT_SCHEMA:
+    for target in schema:
         if target.name in table.column_names:
             columns.append(table.column(target.name).cast(target.type))
         else:
             columns.append(pa.nulls(table.num_rows, target.type))
         fields.append(target)
     for name in table.column_names:
-        if name not in OUTPUT_SCHEMA.names and name not in INTERNAL_COLUMNS:
+        if name not in schema.names and name not in INTERNAL_COLUMNS:
             columns.append(table.column(name))
             fields.append(table.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))

@@ -82,8 +82,11 @@ class GenerationSettings:
 
 
 @dataclass
-class CaptionConfig:
-    """Everything `llava-batch caption` needs; field names match the CLI flags (dashes become underscores)."""
+class JobConfig:
+    """The settings every job shares (input, model, decoding, resources, output); a job's config extends it.
+
+    Field names match the CLI flags (dashes become underscores).
+    """
 
     input: str = ""
     output: str = ""
@@ -94,11 +97,6 @@ class CaptionConfig:
     keep_columns: tuple[str, ...] = ()
     limit: int | None = None
     sample: float | None = None
-    prompt: str = "Describe this image."
-    prompts_file: str | None = None
-    prompt_column: str | None = None
-    conversation_column: str | None = None
-    visual_prompt_column: str | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -119,7 +117,6 @@ class CaptionConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     generation: GenerationSettings = field(init=False, repr=False)
-    prompt_set: list = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "model"):
@@ -128,26 +125,12 @@ class CaptionConfig:
                 raise ConfigError(
                     f"{name}: required (got {value!r}); pass --{name} or set it in the YAML config"
                 )
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
-        check_template("prompt", self.prompt)
         _check_choice("input_format", self.input_format, INPUT_FORMATS)
         self.keep_columns = _as_names("keep_columns", self.keep_columns)
         if self.limit is not None:
             _check_range("limit", self.limit, 1, 2**62)
         if self.sample is not None:
             _check_range("sample", self.sample, 0.0, 1.0, low_inclusive=False)
-        sources = [
-            name for name in ("prompts_file", "prompt_column", "conversation_column") if getattr(self, name)
-        ]
-        if len(sources) > 1:
-            raise ConfigError(
-                f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
-            )
-        if self.prompts_file is not None:
-            from pipeline.prompt_sets import load_prompts_file
-
-            self.prompt_set = load_prompts_file(self.prompts_file)
         self.replicas = ReplicaRange.parse(self.replicas)
         _check_range("batch_size", self.batch_size, 1, 4096)
         if self.batch_tokens is not None:
@@ -178,6 +161,35 @@ class CaptionConfig:
         for name in ("input", "output", "model", "s3_endpoint_url", "address"):
             out[name] = redact_url(out[name])
         return out
+
+
+@dataclass
+class CaptionConfig(JobConfig):
+    """Everything `llava-batch caption` needs: the shared job settings plus where each row's prompt comes from."""
+
+    prompt: str = "Describe this image."
+    prompts_file: str | None = None
+    prompt_column: str | None = None
+    conversation_column: str | None = None
+    visual_prompt_column: str | None = None
+    prompt_set: list = field(init=False, repr=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
+        check_template("prompt", self.prompt)
+        sources = [
+            name for name in ("prompts_file", "prompt_column", "conversation_column") if getattr(self, name)
+        ]
+        if len(sources) > 1:
+            raise ConfigError(
+                f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
+            )
+        if self.prompts_file is not None:
+            from pipeline.prompt_sets import load_prompts_file
+
+            self.prompt_set = load_prompts_file(self.prompts_file)
 
 
 def redact_url(value: str | None) -> str | None:

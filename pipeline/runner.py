@@ -10,9 +10,12 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import pyarrow as pa
 
 from pipeline.commit import (
     ShardCommitter,
@@ -41,9 +44,12 @@ class JobPlan:
     shards: list[Shard]
     stages: list[Stage]
     fingerprint: dict[str, Any]
-    rows_per_input: int = 1
+    # Output rows per input; None when the job learns it while running (instruct: one row per parsed question).
+    rows_per_input: int | None = 1
     overwrite: bool = False
     manifest_extra: dict[str, Any] = field(default_factory=dict)
+    # Gathered rows of a shard -> its output table (default: the caption columns, pipeline.commit).
+    output_table: Callable[[pa.Table], pa.Table] | None = None
 
 
 @dataclass
@@ -82,9 +88,10 @@ def run_job(plan: JobPlan) -> JobResult:
     todo = [shard for shard in plan.shards if shard.shard_id not in committed]
     skipped = [shard for shard in plan.shards if shard.shard_id in committed]
     # Row counts are known up front only for image folders; tars and tables are counted as they are read.
-    known = all(shard.kind == "images" for shard in plan.shards)
-    skipped_rows = sum(len(shard.members) for shard in skipped) * plan.rows_per_input if known else None
-    total_rows = sum(len(shard.members) for shard in todo) * plan.rows_per_input if known else None
+    known = plan.rows_per_input is not None and all(shard.kind == "images" for shard in plan.shards)
+    per_input = plan.rows_per_input or 1
+    skipped_rows = sum(len(shard.members) for shard in skipped) * per_input if known else None
+    total_rows = sum(len(shard.members) for shard in todo) * per_input if known else None
     logger.info(
         "%s: %d shard(s) to do (%s rows), %d already committed",
         plan.job,
@@ -94,7 +101,7 @@ def run_job(plan: JobPlan) -> JobResult:
     )
 
     # 2. Stream the missing shards through the stages; commit each shard when its last row arrives.
-    committer = ShardCommitter(plan.output_uri, plan.options)
+    committer = ShardCommitter(plan.output_uri, plan.options, plan.output_table)
     if todo:
         progress = ProgressReporter(plan.job, total_rows=total_rows, total_shards=len(todo))
         items = [shard.to_item() for shard in todo]

@@ -111,3 +111,34 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path):
     (tmp_path / "part-s2.parquet").write_bytes(b"kept")
     remove_temporary_files(str(tmp_path), OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-s2.parquet"]
+
+
+def question_rows(shard_id, inputs, shard_inputs):
+    """Rows of an instruct shard: `inputs` maps input id -> (question numbers here, rows that input became)."""
+    ids, input_ids, input_rows = [], [], []
+    for input_id, (numbers, total) in inputs.items():
+        for number in numbers:
+            ids.append(f"{input_id}#q{number}")
+            input_ids.append(input_id)
+            input_rows.append(total)
+    table = result_rows(shard_id, ids, shard_inputs)
+    return table.append_column("input_id", pa.array(input_ids)).append_column(
+        "input_rows", pa.array(input_rows)
+    )
+
+
+def test_a_shard_whose_inputs_expand_to_unknown_row_counts_waits_for_every_input(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    # Two inputs in the shard: a.png became 3 rows, b.png 1; their rows arrive spread over three blocks.
+    committer.add(question_rows("s1", {"a.png": ([1, 2], 3)}, shard_inputs=2))
+    assert committer.incomplete_shards() == {"s1": (2, None)}  # b.png not seen yet: the total is unknown
+    committer.add(question_rows("s1", {"b.png": ([1], 1)}, shard_inputs=2))
+    assert committer.incomplete_shards() == {"s1": (3, 4)}
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == set()
+    committer.add(question_rows("s1", {"a.png": ([3], 3)}, shard_inputs=2))
+    assert committed_shard_ids(str(tmp_path), OPTIONS) == {"s1"}
+    table = pq.read_table(tmp_path / part_name("s1"))
+    assert table.column("id").to_pylist() == ["a.png#q1", "a.png#q2", "a.png#q3", "b.png#q1"]
+    assert "input_rows" not in table.schema.names and committer.stats.rows == 4
+    with pytest.raises(RuntimeError, match="after it was committed"):
+        committer.add(question_rows("s1", {"a.png": ([1], 3)}, shard_inputs=2))

@@ -1,0 +1,282 @@
+"""The instruct job: synthetic visual instruction data, LLaVA-style, from your own images.
+
+Recipe: read images -> the model writes K questions per image -> parse them (one row per question) -> the model
+answers each with the image, for `turns` turns -> one output row per conversation; optionally a LLaVA JSON file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import ConfigError, JobConfig, _check_range, check_template
+from pipeline.stages import Stage
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTION = "Ask {questions} different questions about this image, one per line."
+DEFAULT_FOLLOW_UP = "Tell me more about that."
+
+# The output columns, in order; `--keep-columns` follow.
+INSTRUCT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+        ("model", pa.string()),
+        ("settings", pa.string()),
+        ("error", pa.string()),
+        ("shard_id", pa.string()),
+    ]
+)
+
+
+@dataclass
+class InstructConfig(JobConfig):
+    """`llava-batch instruct`: the shared job settings plus how questions are asked and conversations grow.
+
+    `max_new_tokens` bounds each answer; `question_max_new_tokens` bounds the reply that lists the questions.
+    """
+
+    instruction: str = DEFAULT_INSTRUCTION
+    questions: int = 3
+    turns: int = 1
+    follow_up: str = DEFAULT_FOLLOW_UP
+    question_max_new_tokens: int = 128
+    export_json: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("instruction", "follow_up"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name}: must be a non-empty string (got {value!r})")
+        check_template("instruction", self.instruction)
+        _check_range("questions", self.questions, 1, 50)
+        _check_range("turns", self.turns, 1, 20)
+        _check_range("question_max_new_tokens", self.question_max_new_tokens, 1, 32768)
+        if self.export_json is not None and not str(self.export_json).endswith(".json"):
+            raise ConfigError(f"export_json: {self.export_json!r} must name a .json file")
+
+    def instruction_text(self) -> str:
+        """The stage-1 prompt: `{questions}` becomes the count; other `{field}`s are filled from each row."""
+        return self.instruction.replace("{questions}", str(self.questions))
+
+
+def instruct_stages(config: InstructConfig, model: Any, resources: Any, options: Any) -> list[Stage]:
+    """read -> prompt -> [preprocess -> generate] questions -> parse -> per turn [preprocess -> generate -> grow].
+
+    Every model call is its own pair of actor pools; the CPU requests of all pools plus a read task fit the
+    cluster (pipeline.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
+    """
+    # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
+    from jobs.caption import read_spec, resolve_gpus_per_replica
+    from operators.conversation import continue_conversation, finish_conversation, start_conversation
+    from operators.generate import Generate
+    from operators.parse_questions import explode_questions
+    from operators.preprocess import PreprocessForModel
+    from operators.prompts import expand_prompts
+    from pipeline.prompt_formats import fallback_chat_template
+    from pipeline.readers import read_shards
+    from pipeline.stages import fit_cpu_shares
+
+    gpus = resolve_gpus_per_replica(config, resources)
+    calls = config.turns + 1  # the question-writing call, then one per turn
+    shares = fit_cpu_shares(
+        resources.cpus, config.preprocess_workers * calls, config.replicas.max * calls, gpu_replicas=gpus > 0
+    )
+
+    def model_call(name: str, max_new_tokens: int, keep_image_bytes: bool) -> list[Stage]:
+        generation = config.generation.generate_kwargs() | {"max_new_tokens": max_new_tokens}
+        return [
+            Stage(
+                f"preprocess-{name}",
+                PreprocessForModel,
+                batch_size=16,
+                num_cpus=shares.preprocess,
+                pool=(1, config.preprocess_workers),
+                constructor_kwargs={
+                    "model": config.model,
+                    "max_image_pixels": config.max_image_pixels,
+                    "fallback_chat_template": fallback_chat_template(model),
+                    "trust_remote_code": config.trust_remote_code,
+                    "keep_image_bytes": keep_image_bytes,
+                },
+            ),
+            Stage(
+                f"generate-{name}",
+                Generate,
+                batch_size=config.batch_size * config.length_window,
+                num_cpus=shares.generate,
+                num_gpus=gpus,
+                pool=(config.replicas.min, config.replicas.max),
+                constructor_kwargs={
+                    "model": config.model,
+                    "generate_kwargs": generation,
+                    "seed": config.seed,
+                    "dtype": config.dtype,
+                    "attn_implementation": config.attn_implementation,
+                    "trust_remote_code": config.trust_remote_code,
+                    "device_map": "balanced" if gpus > 1 else None,
+                    "rows_per_call": config.batch_size,
+                    "max_batch_tokens": config.batch_tokens,
+                    "group_by_length": config.length_window > 1,
+                },
+            ),
+        ]
+
+    def task(name: str, fn: Any, **kwargs: Any) -> Stage:
+        return Stage(name, fn, num_cpus=shares.read, fn_kwargs=kwargs)
+
+    stages = [
+        Stage(
+            "read",
+            read_shards,
+            batch_size=1,
+            num_cpus=shares.read,
+            fn_kwargs={"options": options, "spec": read_spec(config)},
+        ),
+        task("prompt", expand_prompts, prompts=[{"prompt_id": "ask", "text": config.instruction_text()}]),
+        *model_call("questions", config.question_max_new_tokens, keep_image_bytes=True),
+        task("parse", explode_questions, max_questions=config.questions),
+        task("start", start_conversation),
+    ]
+    for turn in range(1, config.turns + 1):
+        last = turn == config.turns
+        stages += model_call(f"turn{turn}", config.max_new_tokens, keep_image_bytes=not last)
+        if last:
+            stages.append(task("finish", finish_conversation, settings=json.dumps(settings(config))))
+        else:
+            stages.append(task(f"next{turn}", continue_conversation, follow_up=config.follow_up))
+    return stages
+
+
+def settings(config: InstructConfig) -> dict[str, Any]:
+    """What made a conversation, stored on every row (`settings` column, JSON)."""
+    return {
+        "instruction": config.instruction_text(),
+        "questions": config.questions,
+        "turns": config.turns,
+        "follow_up": config.follow_up,
+        "question_max_new_tokens": config.question_max_new_tokens,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "seed": config.seed,
+    }
+
+
+def fingerprint(config: InstructConfig, model: Any) -> dict[str, Any]:
+    """The settings that change a row's result: outputs made with other values must not be mixed in."""
+    return {
+        "job": "instruct",
+        "model": config.model,
+        "family": model.family,
+        **settings(config),
+        "image_column": config.image_column,
+        "id_column": config.id_column,
+        "dtype": config.dtype,
+        "max_image_pixels": config.max_image_pixels,
+    }
+
+
+def instruct_output_table(table: pa.Table, keep_columns: tuple[str, ...] = ()) -> pa.Table:
+    """The gathered rows of a shard as output: the instruct columns, then the kept input columns."""
+    from pipeline.commit import to_output_table
+
+    extra = [name for name in keep_columns if name in table.column_names]
+    table = table.select(
+        [name for name in table.column_names if name in INSTRUCT_SCHEMA.names or name in extra]
+    )
+    return to_output_table(table, INSTRUCT_SCHEMA)
+
+
+def export_llava_json(output_uri: str, target: str, options: Any) -> tuple[int, int]:
+    """Write the LLaVA training file (`[{id, image, conversations}]`) from the Parquet parts, one record batch
+    at a time so the driver never holds the whole output. Error rows are left out. Returns (written, skipped)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.commit import PART_PREFIX, PART_SUFFIX
+    from pipeline.storage import filesystem_for, join_uri, list_names
+
+    written = skipped = 0
+    source_fs, _ = filesystem_for(output_uri, options)
+    target_fs, target_path = filesystem_for(target, options)
+    parts = sorted(
+        name
+        for name in list_names(output_uri, options)
+        if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+    )
+    with target_fs.open_output_stream(target_path) as stream:
+        stream.write(b"[")
+        for name in parts:
+            _, part_path = filesystem_for(join_uri(output_uri, name), options)
+            with source_fs.open_input_file(part_path) as handle:
+                reader = pq.ParquetFile(handle)
+                for batch in reader.iter_batches(columns=["id", "image", "conversations", "error"]):
+                    for row in batch.to_pylist():
+                        if row["error"] is not None or not row["conversations"]:
+                            skipped += 1
+                            continue
+                        record = {
+                            "id": row["id"],
+                            "image": row["image"],
+                            "conversations": row["conversations"],
+                        }
+                        stream.write((",\n" if written else "\n").encode() + json.dumps(record).encode())
+                        written += 1
+        stream.write(b"\n]\n")
+    logger.info("exported %d conversation(s) to %s; %d error row(s) left out", written, target, skipped)
+    return written, skipped
+
+
+def run_instruct(config: InstructConfig) -> Any:
+    """The whole job; settings, model and input are checked before Ray starts, as for caption."""
+    from pipeline.inputs import plan_shards
+    from pipeline.model_families import check_model_loadable, inspect_model, model_provenance
+    from pipeline.ray_cluster import configure_ray_data, connect
+    from pipeline.runner import JobPlan, run_job
+    from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
+
+    options = StorageOptions(config.s3_endpoint_url)
+    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
+    input_format, shards = plan_shards(
+        config.input,
+        options,
+        input_format=config.input_format,
+        files_per_shard=config.files_per_shard,
+        limit=config.limit,
+    )
+    if not shards:
+        raise ConfigError(
+            f"input: nothing to read under {config.input!r} as {input_format} "
+            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
+        )
+    resources = connect(config.address)
+    configure_ray_data()
+    plan = JobPlan(
+        job="instruct",
+        output_uri=config.output,
+        options=options,
+        shards=shards,
+        stages=instruct_stages(config, model, resources, options),
+        fingerprint=fingerprint(config, model),
+        overwrite=config.overwrite,
+        rows_per_input=None,  # one row per parsed question: known per image only after the model wrote them
+        output_table=functools.partial(instruct_output_table, keep_columns=config.keep_columns),
+        manifest_extra={
+            "config": config.to_dict(),
+            "input_format": input_format,
+            "model": model_provenance(model),
+        },
+    )
+    result = run_job(plan)
+    if config.export_json:
+        export_llava_json(config.output, config.export_json, options)
+    return result
