@@ -10,7 +10,7 @@ import logging
 from operators.generate import Generate
 from operators.preprocess import PreprocessForModel
 from operators.prompts import expand_prompts
-from pipeline.config import CaptionConfig, ConfigError
+from pipeline.config import CaptionConfig, ConfigError, JobConfig
 from pipeline.inputs import plan_shards
 from pipeline.model_families import ModelInfo, check_model_loadable, inspect_model, model_provenance
 from pipeline.prompt_formats import fallback_chat_template
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 PREPROCESS_BATCH_ROWS = 16
 
 
-def resolve_gpus_per_replica(config: CaptionConfig, resources: ClusterResources) -> int:
+def resolve_gpus_per_replica(config: JobConfig, resources: ClusterResources) -> int:
     """Default: one GPU per replica when the cluster has GPUs, else run the replicas on CPU."""
     if config.gpus_per_replica is None:
         return 1 if resources.gpus >= 1 else 0
@@ -108,13 +108,15 @@ def prompt_specs(config: CaptionConfig) -> list[PromptSpec]:
     return config.prompt_set or [PromptSpec("p0", config.prompt)]
 
 
-def read_spec(config: CaptionConfig) -> ReadSpec:
+def read_spec(config: JobConfig) -> ReadSpec:
     return ReadSpec(
         image_column=config.image_column,
         id_column=config.id_column,
         keep_columns=config.keep_columns,
         sample=config.sample,
         seed=config.seed,
+        group_by=config.group_by,
+        order_by=config.order_by,
     )
 
 
@@ -137,7 +139,13 @@ def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
         "seed": config.seed,
         "dtype": config.dtype,
         "max_image_pixels": config.max_image_pixels,
+        **grouping(config),
     }
+
+
+def grouping(config: JobConfig) -> dict:
+    """Part of a job's fingerprint only when set, so outputs made before --group-by existed stay valid."""
+    return {"group_by": config.group_by, "order_by": config.order_by} if config.group_by else {}
 
 
 def run_caption(config: CaptionConfig) -> JobResult:
@@ -152,6 +160,7 @@ def run_caption(config: CaptionConfig) -> JobResult:
         input_format=config.input_format,
         files_per_shard=config.files_per_shard,
         limit=config.limit,
+        group_by=config.group_by,
     )
     if not shards:
         raise ConfigError(
@@ -168,7 +177,8 @@ def run_caption(config: CaptionConfig) -> JobResult:
         stages=caption_stages(config, model, resources, options),
         fingerprint=fingerprint(config, model),
         overwrite=config.overwrite,
-        rows_per_input=len(prompt_specs(config)),
+        # A group of images is one row: the files listed do not tell how many rows a shard has.
+        rows_per_input=None if config.group_by else len(prompt_specs(config)),
         manifest_extra={
             "config": config.to_dict(),
             "input_format": input_format,

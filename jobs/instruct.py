@@ -182,6 +182,8 @@ def fingerprint(config: InstructConfig, model: Any) -> dict[str, Any]:
         "id_column": config.id_column,
         "dtype": config.dtype,
         "max_image_pixels": config.max_image_pixels,
+        "group_by": config.group_by,
+        "order_by": config.order_by,
     }
 
 
@@ -252,6 +254,7 @@ def run_instruct(config: InstructConfig) -> Any:
         input_format=config.input_format,
         files_per_shard=config.files_per_shard,
         limit=config.limit,
+        group_by=config.group_by,
     )
     if not shards:
         raise ConfigError(

@@ -54,6 +54,8 @@ FIELD_HELP = {
     "address": "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)",
     "overwrite": "delete previous results in the output and start over",
     "trust_remote_code": "allow the checkpoint's own Python code to run (off unless you turn it on)",
+    "group_by": "one row per group of images: 'folder' (image folders) or a Parquet column (equal values)",
+    "order_by": "Parquet with --group-by: order a group's images by this column (default: file order)",
     # instruct
     "instruction": "stage 1: what the model is asked per image; {questions} = the count, {field}s from the row",
     "questions": "most questions kept per image (one output row per question)",

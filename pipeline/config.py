@@ -116,6 +116,8 @@ class JobConfig:
     address: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    group_by: str | None = None
+    order_by: str | None = None
     generation: GenerationSettings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +149,7 @@ class JobConfig:
         _check_type("overwrite", self.overwrite, bool)
         _check_type("trust_remote_code", self.trust_remote_code, bool)
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        check_grouping(self.group_by, self.order_by)
         if _same_or_nested(self.input, self.output):
             raise ConfigError(
                 f"output: {self.output!r} is inside (or equal to) input {self.input!r}; results would be read "
@@ -190,6 +193,21 @@ class CaptionConfig(JobConfig):
             from pipeline.prompt_sets import load_prompts_file
 
             self.prompt_set = load_prompts_file(self.prompts_file)
+
+
+GROUP_BY_FOLDER = "folder"
+
+
+def check_grouping(group_by: str | None, order_by: str | None) -> None:
+    """`group_by` is `folder` (image folders) or a Parquet column; `order_by` orders a Parquet group's rows."""
+    if group_by is not None and (not isinstance(group_by, str) or not group_by.strip()):
+        raise ConfigError(f"group_by: {group_by!r} must be 'folder' or the name of a Parquet column")
+    if order_by is not None and group_by is None:
+        raise ConfigError(f"order_by: {order_by!r} orders the rows of a group; it needs --group-by")
+    if order_by is not None and group_by == GROUP_BY_FOLDER:
+        raise ConfigError(
+            f"order_by: {order_by!r} cannot be used with --group-by folder; a folder's images are in file-name order"
+        )
 
 
 def redact_url(value: str | None) -> str | None:

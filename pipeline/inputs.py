@@ -38,11 +38,16 @@ def plan_shards(
     input_format: str = "auto",
     files_per_shard: int = 256,
     limit: int | None = None,
+    group_by: str | None = None,
 ) -> tuple[str, list[Shard]]:
     """(the resolved input format, its shards in order)."""
     kind = detect_input_format(input_uri, options) if input_format == "auto" else input_format
+    check_group_by(kind, group_by)
     if kind == "images":
-        return kind, plan_image_shards(input_uri, options, files_per_shard, limit=limit)
+        whole_folders = group_by is not None
+        return kind, plan_image_shards(
+            input_uri, options, files_per_shard, limit=limit, whole_folders=whole_folders
+        )
     if kind == "webdataset":
         from pipeline.read_webdataset import plan_webdataset_shards
 
@@ -50,3 +55,22 @@ def plan_shards(
     from pipeline.read_parquet import plan_parquet_shards
 
     return kind, plan_parquet_shards(input_uri, options, limit=limit)
+
+
+def check_group_by(kind: str, group_by: str | None) -> None:
+    """Which grouping each input kind supports; checked once the input's format is known, before Ray starts."""
+    from pipeline.config import GROUP_BY_FOLDER
+
+    if group_by is None:
+        return
+    if kind == "images" and group_by != GROUP_BY_FOLDER:
+        raise ConfigError(
+            f"group_by: image folders are grouped by 'folder' (one row per folder), got {group_by!r}"
+        )
+    if kind == "parquet" and group_by == GROUP_BY_FOLDER:
+        raise ConfigError("group_by: for Parquet input name the column whose equal values form one row")
+    if kind == "webdataset":
+        raise ConfigError(
+            "group_by: not supported for WebDataset input (a sample is already one row: put several images "
+            "in one sample, or use Parquet with a list column)"
+        )

@@ -135,6 +135,9 @@ def plan_columns(schema: pa.Schema, spec: ReadSpec, file_uri: str) -> ColumnPlan
     for option, wanted in (("image_column", spec.image_column), ("id_column", spec.id_column)):
         if wanted is not None and wanted not in names:
             raise ValueError(f"{option}: no column {wanted!r} in the Parquet input; {there}")
+    for option, wanted in (("group_by", spec.group_by), ("order_by", spec.order_by)):
+        if wanted is not None and wanted not in names:
+            raise ValueError(f"{option}: no column {wanted!r} in the Parquet input; {there}")
     missing = [name for name in spec.keep_columns if name not in names]
     if missing:
         raise ValueError(f"keep_columns: {missing} not in the Parquet input; {there}")

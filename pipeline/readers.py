@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ class ReadSpec:
     keep_columns: tuple[str, ...] = ()  # fields carried to the output as columns
     sample: float | None = None  # keep this fraction of samples, chosen by a seeded hash of the id
     seed: int = 0
+    group_by: str | None = None  # 'folder' or a Parquet column: one row per group, its images in order
+    order_by: str | None = None  # Parquet: order a group's images by this column
 
     def selected(self, sample_id: str) -> bool:
         if self.sample is None:
@@ -49,7 +52,10 @@ def read_shards(
     rows: list[dict[str, Any]] = []
     for index in range(len(batch["shard_id"])):
         shard = Shard.from_item({name: batch[name][index] for name in batch})
-        shard_rows = [row for row in _read_one_shard(shard, options, spec) if spec.selected(row["id"])]
+        samples = _read_one_shard(shard, options, spec)
+        if spec.group_by is not None:
+            samples = group_rows(shard, samples, spec)
+        shard_rows = [row for row in samples if spec.selected(row["id"])]
         if shard.row_limit is not None:
             shard_rows = shard_rows[: shard.row_limit]
         for row in shard_rows:
@@ -72,6 +78,61 @@ def empty_shard_marker(shard: Shard) -> dict[str, Any]:
         "shard_rows": 0,
         "error": EMPTY_SHARD_ERROR,
     }
+
+
+def group_rows(shard: Shard, rows: Iterable[dict[str, Any]], spec: ReadSpec) -> Iterator[dict[str, Any]]:
+    """Merge the rows of one shard that share a group key into one row (LLaVA-Interleave style).
+
+    Image folders group by folder (images in file-name order, the order of the listing); Parquet rows by the
+    value of `spec.group_by` (in file order, or by `spec.order_by`). The row id is the group key, its
+    `image_bytes` the members' images in order, its fields those of the first member. A member that failed makes
+    the whole group an error row naming that member. Groups never span shards: folder shards hold whole
+    folders (pipeline.shards) and a Parquet shard is one file.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = _group_key(row, shard, spec)
+        if key is None:
+            yield {
+                **row,
+                "error": row["error"] or f"read: group_by column {spec.group_by!r} is null in this row",
+            }
+            continue
+        groups.setdefault(key, []).append(row)
+    for key, members in groups.items():
+        if spec.order_by is not None:
+            members = sorted(members, key=lambda member: _order_value(member, spec.order_by))
+        failed = next((member for member in members if member["error"] is not None), None)
+        images = [image for member in members for image in (member["image_bytes"] or [])]
+        source = (
+            join_uri(shard.root, key)
+            if shard.kind == "images"
+            else f"{join_uri(shard.root, shard.members[0])}#{key}"
+        )
+        yield {
+            **members[0],
+            "id": key,
+            "source": source,
+            "image_bytes": None if failed else images,
+            "error": None if failed is None else _member_error(failed),
+        }
+
+
+def _group_key(row: dict[str, Any], shard: Shard, spec: ReadSpec) -> str | None:
+    if shard.kind == "images":
+        return posixpath.dirname(row["id"]) or "."
+    value = json.loads(row["fields"] or "{}").get(spec.group_by)
+    return None if value is None else str(value)
+
+
+def _order_value(row: dict[str, Any], name: str) -> tuple[bool, Any]:
+    value = json.loads(row["fields"] or "{}").get(name)
+    return (value is None, value if value is not None else 0)  # nulls last
+
+
+def _member_error(member: dict[str, Any]) -> str:
+    kind, _, reason = str(member["error"]).partition(": ")
+    return f"{kind}: image {member['id']} of the group: {reason}"
 
 
 def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:

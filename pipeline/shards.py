@@ -57,21 +57,44 @@ def shard_id_for(members: tuple[str, ...], selection: str = "") -> str:
 
 
 def plan_image_shards(
-    input_uri: str, options: StorageOptions, files_per_shard: int, *, limit: int | None = None
+    input_uri: str,
+    options: StorageOptions,
+    files_per_shard: int,
+    *,
+    limit: int | None = None,
+    whole_folders: bool = False,
 ) -> list[Shard]:
     """Image files under a prefix: per folder, sorted runs of `files_per_shard` files.
 
     Chunking inside each folder keeps existing shards unchanged when a new folder (say, tonight's date)
-    appears, so an incremental re-run processes only the new shards.
+    appears, so an incremental re-run processes only the new shards. With `whole_folders` (--group-by folder:
+    a folder is one row) a folder is never split: consecutive folders are packed into shards of up to
+    `files_per_shard` files, and a larger folder is a shard of its own.
     """
     paths = list_files(input_uri, options, IMAGE_EXTENSIONS)
     selection = ""
     if limit is not None:
         paths, selection = paths[:limit], f"limit={limit}"
+    if whole_folders:
+        return _pack_folders(input_uri, paths, files_per_shard, selection)
     shards = []
     for _, group in groupby(paths, key=posixpath.dirname):
         files = list(group)
         for start in range(0, len(files), files_per_shard):
             chunk = tuple(files[start : start + files_per_shard])
             shards.append(Shard(shard_id_for(chunk, selection), input_uri, chunk))
+    return shards
+
+
+def _pack_folders(input_uri: str, paths: list[str], files_per_shard: int, selection: str) -> list[Shard]:
+    shards: list[Shard] = []
+    chunk: list[str] = []
+    for _, group in groupby(paths, key=posixpath.dirname):
+        files = list(group)
+        if chunk and len(chunk) + len(files) > files_per_shard:
+            shards.append(Shard(shard_id_for(tuple(chunk), selection), input_uri, tuple(chunk)))
+            chunk = []
+        chunk.extend(files)
+    if chunk:
+        shards.append(Shard(shard_id_for(tuple(chunk), selection), input_uri, tuple(chunk)))
     return shards
