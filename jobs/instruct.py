@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import ConfigError, JobConfig, _check_range, check_template
+from pipeline.config import ConfigError, JobConfig, _check_range, _same_or_nested, check_template
 from pipeline.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,14 @@ class InstructConfig(JobConfig):
         _check_range("questions", self.questions, 1, 50)
         _check_range("turns", self.turns, 1, 20)
         _check_range("question_max_new_tokens", self.question_max_new_tokens, 1, 32768)
-        if self.export_json is not None and not str(self.export_json).endswith(".json"):
-            raise ConfigError(f"export_json: {self.export_json!r} must name a .json file")
+        if self.export_json is not None:
+            if not str(self.export_json).endswith(".json"):
+                raise ConfigError(f"export_json: {self.export_json!r} must name a .json file")
+            if _same_or_nested(self.output, self.export_json):
+                # Parquet readers of the output folder would try to read the JSON file as a table.
+                raise ConfigError(
+                    f"export_json: {self.export_json!r} is inside output {self.output!r}; write it next to it"
+                )
 
     def instruction_text(self) -> str:
         """The stage-1 prompt: `{questions}` becomes the count; other `{field}`s are filled from each row."""

@@ -31,6 +31,7 @@ def test_the_question_count_fills_the_instruction_and_row_fields_stay_placeholde
         ({"instruction": "Ask {oops"}, "instruction: 'Ask {oops' is not a valid template"),
         ({"follow_up": ""}, "follow_up: must be a non-empty string"),
         ({"export_json": "/out/data.txt"}, "export_json: '/out/data.txt' must name a .json file"),
+        ({"export_json": "/out/data.json"}, "export_json: '/out/data.json' is inside output '/out'"),
         ({"batch_size": 0}, "batch_size: 0 is out of range"),  # a shared setting, checked by JobConfig
     ],
 )
