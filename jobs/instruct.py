@@ -10,12 +10,18 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipeline.config import ConfigError, JobConfig, _check_range, _same_or_nested, check_template
 from pipeline.stages import Stage
+
+if TYPE_CHECKING:
+    from pipeline.model_families import ModelInfo
+    from pipeline.ray_cluster import ClusterResources
+    from pipeline.runner import JobResult
+    from pipeline.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +80,9 @@ class InstructConfig(JobConfig):
         return self.instruction.replace("{questions}", str(self.questions))
 
 
-def instruct_stages(config: InstructConfig, model: Any, resources: Any, options: Any) -> list[Stage]:
+def instruct_stages(
+    config: InstructConfig, model: ModelInfo, resources: ClusterResources, options: StorageOptions
+) -> list[Stage]:
     """read -> prompt -> [preprocess -> generate] questions -> parse -> per turn [preprocess -> generate -> grow].
 
     Every model call is its own pair of actor pools; the CPU requests of all pools plus a read task fit the
@@ -177,7 +185,7 @@ def settings(config: InstructConfig) -> dict[str, Any]:
     }
 
 
-def fingerprint(config: InstructConfig, model: Any) -> dict[str, Any]:
+def fingerprint(config: InstructConfig, model: ModelInfo) -> dict[str, Any]:
     """The settings that change a row's result: outputs made with other values must not be mixed in."""
     return {
         "job": "instruct",
@@ -204,7 +212,7 @@ def instruct_output_table(table: pa.Table, keep_columns: tuple[str, ...] = ()) -
     return to_output_table(table, INSTRUCT_SCHEMA)
 
 
-def export_llava_json(output_uri: str, target: str, options: Any) -> tuple[int, int]:
+def export_llava_json(output_uri: str, target: str, options: StorageOptions) -> tuple[int, int]:
     """Write the LLaVA training file (`[{id, image, conversations}]`) from the Parquet parts, one record batch
     at a time so the driver never holds the whole output. Error rows are left out. Returns (written, skipped)."""
     import pyarrow.parquet as pq
@@ -243,7 +251,7 @@ def export_llava_json(output_uri: str, target: str, options: Any) -> tuple[int, 
     return written, skipped
 
 
-def run_instruct(config: InstructConfig) -> Any:
+def run_instruct(config: InstructConfig) -> JobResult:
     """The whole job; settings, model and input are checked before Ray starts, as for caption."""
     from pipeline.inputs import plan_shards
     from pipeline.model_families import check_model_loadable, inspect_model, model_provenance
