@@ -104,11 +104,10 @@ def group_rows(shard: Shard, rows: Iterable[dict[str, Any]], spec: ReadSpec) -> 
             members = sorted(members, key=lambda member: _order_value(member, spec.order_by))
         failed = next((member for member in members if member["error"] is not None), None)
         images = [image for member in members for image in (member["image_bytes"] or [])]
-        source = (
-            join_uri(shard.root, key)
-            if shard.kind == "images"
-            else f"{join_uri(shard.root, shard.members[0])}#{key}"
-        )
+        if shard.kind == "images":
+            source = shard.root if key == "." else join_uri(shard.root, key)
+        else:
+            source = f"{join_uri(shard.root, shard.members[0])}#{key}"
         yield {
             **members[0],
             "id": key,

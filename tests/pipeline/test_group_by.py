@@ -58,8 +58,13 @@ def test_folders_become_rows_with_their_frames_in_name_order_and_are_never_split
 
 def test_a_folder_larger_than_a_shard_is_a_shard_of_its_own(tmp_path):
     write_frames(tmp_path / "in", {"a": [0], "big": [1, 2, 3], "c": [4]})
+    (tmp_path / "in" / "top.png").write_bytes(FRAMES[6])
     _, shards = plan_shards(str(tmp_path / "in"), OPTIONS, files_per_shard=2, group_by="folder")
-    assert [len(shard.members) for shard in shards] == [1, 3, 1]
+    # a | big (over the limit, alone) | c + top.png (the prefix's own files form the group ".")
+    assert [len(shard.members) for shard in shards] == [1, 3, 2]
+    assert [row["id"] for row in read(shards, ReadSpec(group_by="folder"))] == ["a", "big", "c", "."]
+    top = read(shards[2:], ReadSpec(group_by="folder"))[1]
+    assert (top["id"], top["source"], top["image_bytes"]) == (".", str(tmp_path / "in"), [FRAMES[6]])
 
 
 def write_views(path: Path) -> Shard:
