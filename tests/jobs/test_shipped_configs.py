@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CaptionConfig, load_config
+from pipeline.job_files import JOBS, load_job_file
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
 
@@ -18,5 +18,12 @@ def test_config_opens_with_its_command_and_validates(path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# Run: llava-batch ")
     assert f"--config jobs/configs/{path.name}" in first_line
-    config = load_config(CaptionConfig, path, {})
+    # The job named in the file (default caption) picks the config class; `schedule:` is checked as cron.
+    job_file = load_job_file(path)
+    assert isinstance(job_file.config, JOBS[job_file.job].config_class)
+    config = job_file.config
     assert config.model and config.input and config.output
+
+
+def test_a_scheduled_example_is_shipped():
+    assert any(load_job_file(path).schedule for path in CONFIGS)
