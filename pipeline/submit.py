@@ -107,12 +107,12 @@ def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bo
 
 def job_status(job_id: str, address: str | None) -> tuple[str, str]:
     """(status, Ray's message) of a submitted job."""
-    info = job_client(address).get_job_info(job_id)
+    info = _for_job(job_id, address, lambda client: client.get_job_info(job_id))
     return _name(info.status), info.message or ""
 
 
 def job_logs(job_id: str, address: str | None) -> str:
-    return job_client(address).get_job_logs(job_id)
+    return _for_job(job_id, address, lambda client: client.get_job_logs(job_id))
 
 
 def wait_for_job(
@@ -122,7 +122,7 @@ def wait_for_job(
     client = job_client(address)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = _name(client.get_job_status(job_id))
+        status = _name(_for_job(job_id, address, lambda client: client.get_job_status(job_id), client))
         if status in TERMINAL_STATUSES:
             return status
         if deadline is not None and time.monotonic() > deadline:
@@ -133,3 +133,17 @@ def wait_for_job(
 def _name(status: Any) -> str:
     """JobStatus is a str enum; its value is the name users see in `ray job status`."""
     return str(getattr(status, "value", status))
+
+
+def _for_job(job_id: str, address: str | None, call: Any, client: Any = None) -> Any:
+    """Ray answers an unknown job id with a RuntimeError carrying the HTTP 404; say it in our words."""
+    client = client or job_client(address)
+    try:
+        return call(client)
+    except RuntimeError as error:
+        if "404" in str(error) or "does not exist" in str(error):
+            raise ConfigError(
+                f"job_id: no job {job_id!r} on {client.get_address()}; `ray job list --address "
+                f"{client.get_address()}` lists them"
+            ) from None
+        raise

@@ -88,7 +88,7 @@ def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM to `ray start --block` stops its node; whatever is left of its process group gets SIGKILL."""
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=15)
+        process.wait(timeout=5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
