@@ -191,12 +191,22 @@ def submit_and_wait(config: str, address: str, *, ship_code: bool) -> int:
     from pipeline.submit import submit, wait_for_job
 
     job_id = submit(config, address, ship_code=ship_code)
-    status = wait_for_job(job_id, address, poll_s=5.0)
+    status = wait_for_job(job_id, address, poll_s=2.0)
     logger.info("cluster job %s ended %s (llava-batch logs %s)", job_id, status, job_id)
     return 0 if status == "SUCCEEDED" else 1
 
 
+def run_run_command(args: argparse.Namespace) -> int:
+    return run_job_file(args.config)
+
+
 def add_cluster_commands(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="run a job file once; the job comes from its `job:` key (default caption)"
+    )
+    run.add_argument("--config", required=True, help="job YAML file")
+    run.set_defaults(handler=run_run_command)
+
     address_help = "the head's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)"
     submit = commands.add_parser("submit", help="run a job file on a Ray cluster (Job Submission API)")
     submit.add_argument("--config", required=True, help="job YAML file; shipped with the job")

@@ -55,6 +55,20 @@ class LockOwner:
         return f"run {self.run_id} (host {self.host}, pid {self.pid}, started {self.acquired_at})"
 
 
+def owner_died_on_this_host(owner: LockOwner) -> bool:
+    """True only when the owner ran on this host and its pid no longer exists (a reused pid counts as alive,
+    so the TTL still applies then)."""
+    if owner.host != socket.gethostname() or owner.pid <= 0 or owner.pid == os.getpid():
+        return False
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, belongs to another user
+        return False
+    return False
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -86,18 +100,25 @@ class OutputLock:
         current = self.read()
         if current is not None:
             age = self.heartbeat_age(current)
-            if age <= self.ttl_s:
+            if age <= self.ttl_s and owner_died_on_this_host(current):
+                # A run killed on this machine (Ctrl-C twice, SIGKILL, OOM) and re-run at once: no need to wait
+                # out the TTL when its process is visibly gone.
+                logger.warning(
+                    "taking over the lock of a dead run: %s, its process is gone", current.describe()
+                )
+            elif age <= self.ttl_s:
                 raise OutputLocked(
                     f"output is locked by {current.describe()}, last heartbeat {age:.0f}s ago ({self.uri}). "
                     f"Another run of this job is writing there; wait for it to finish. If that run is dead, "
                     f"its lock is taken over {self.ttl_s:.0f}s after its last heartbeat (or delete {self.uri})."
                 )
-            logger.warning(
-                "taking over a stale lock: %s sent its last heartbeat %.0fs ago (TTL %.0fs)",
-                current.describe(),
-                age,
-                self.ttl_s,
-            )
+            else:
+                logger.warning(
+                    "taking over a stale lock: %s sent its last heartbeat %.0fs ago (TTL %.0fs)",
+                    current.describe(),
+                    age,
+                    self.ttl_s,
+                )
         stamp = _now().isoformat()
         self.owner = LockOwner(socket.gethostname(), os.getpid(), self.run_id, stamp, stamp)
         fs, path = filesystem_for(self.uri, self.options)

@@ -76,9 +76,10 @@ def job_client(address: str | None) -> Any:
         raise ClusterUnreachable(f"the Ray dashboard at {address} did not answer: {error}; {hint}") from None
 
 
-def entrypoint_for(job: str) -> str:
-    # Every piece is quoted: Ray runs the entrypoint through a shell on the head.
-    return " ".join(shlex.quote(part) for part in ("llava-batch", job, "--config", CONFIG_NAME))
+def entrypoint_for(config_name: str = CONFIG_NAME) -> str:
+    # `run` takes the job from the file's `job:` key. Every piece is quoted: Ray runs the entrypoint through a
+    # shell on the head.
+    return " ".join(shlex.quote(part) for part in ("llava-batch", "run", "--config", config_name))
 
 
 def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bool = False) -> str:
@@ -94,7 +95,7 @@ def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bo
             runtime_env["py_modules"] = [str(root / name) for name in SHIPPED_PACKAGES]
         # Ray uploads working_dir during submit_job, so the staging folder can go right after.
         job_id = client.submit_job(
-            entrypoint=entrypoint_for(job_file.job),
+            entrypoint=entrypoint_for(),
             submission_id=f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
             runtime_env=runtime_env,
             metadata={"job": job_file.job, "config": job_file.path.name},

@@ -4,6 +4,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -73,6 +75,21 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over_and_logged(tmp_path, caplog):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == lock.run_id
     assert "taking over a stale lock: run deadbeef0001 (host worker-7, pid 4242" in caplog.text
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_fresh_lock_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid no longer exists
+    write_lock(tmp_path / LOCK_FILE, heartbeat_age_s=1, pid=dead.pid)
+    content = json.loads((tmp_path / LOCK_FILE).read_text())
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**content, "host": socket.gethostname()}))
+    caplog.set_level(logging.WARNING, logger="pipeline.output_lock")
+    with OutputLock(str(tmp_path), LOCAL, ttl_s=90) as lock:
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == lock.run_id
+    assert (
+        f"taking over the lock of a dead run: run deadbeef0001 (host {socket.gethostname()}, pid {dead.pid}"
+        in (caplog.text)
+    )
 
 
 def test_a_fresh_lock_of_another_host_is_respected(tmp_path):

@@ -1,5 +1,7 @@
 """`llava-batch submit / status / logs` against a real Ray head (dashboard + Job Submission API) on loopback."""
 
+import logging
+import re
 import time
 
 import pyarrow.parquet as pq
@@ -50,6 +52,25 @@ def test_a_caption_job_runs_on_the_cluster(ray_head, tmp_path, tiny_models, caps
     assert capsys.readouterr().out.startswith(f"{job_id} SUCCEEDED")
 
 
+def test_schedule_once_submits_to_the_cluster_with_this_checkouts_code(
+    ray_head, tmp_path, tiny_models, caplog
+):
+    # The CronJob form: one tick, submitted, waited for; --ship-code sends pipeline/jobs/operators as py_modules.
+    names = write_images(tmp_path / "images" / "day-1", 2)
+    output = tmp_path / "captions"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"schedule: '0 3 * * *'\ninput: {tmp_path / 'images'}\noutput: {output}\nmodel: {tiny_models['llava']}\n"
+        "max_new_tokens: 2\ngpus_per_replica: 0\n"
+    )
+    caplog.set_level(logging.INFO, logger="llava_batch")
+    argv = ["schedule", "--config", str(job), "--once", "--address", ray_head, "--ship-code"]
+    assert main(argv) == 0
+    assert re.search(r"cluster job llava-batch-caption-\S+ ended SUCCEEDED", caplog.text)
+    ids = pq.read_table(output, columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"day-1/{name}" for name in names)
+
+
 def test_a_missing_job_id_is_a_clear_error(ray_head, capsys):
     assert main(["status", "no-such-job", "--address", ray_head]) == 2
     assert f"job_id: no job 'no-such-job' on {ray_head}" in capsys.readouterr().err
@@ -57,8 +78,8 @@ def test_a_missing_job_id_is_a_clear_error(ray_head, capsys):
 
 
 def test_entrypoint_quotes_every_piece():
-    assert entrypoint_for("caption") == "llava-batch caption --config job.yaml"
-    assert entrypoint_for("x; rm -rf /") == "llava-batch 'x; rm -rf /' --config job.yaml"
+    assert entrypoint_for() == "llava-batch run --config job.yaml"
+    assert entrypoint_for("x; rm -rf /") == "llava-batch run --config 'x; rm -rf /'"
 
 
 def test_an_unreachable_cluster_fails_fast_with_a_clear_message(tmp_path, tiny_models, capsys):
