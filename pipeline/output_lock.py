@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.storage import StorageOptions, filesystem_for, join_uri, retry_io, write_text
+from pipeline.storage import StorageOptions, delete_object, filesystem_for, join_uri, retry_io, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class OutputLock:
         try:
             holder = self.read()
             if holder is not None and holder.run_id == self.run_id:
-                fs, path = filesystem_for(self.uri, self.options)
-                fs.delete_file(path)
+                delete_object(self.uri, self.options)
                 logger.info("released the output lock %s", self.uri)
         except OSError as error:  # the lock then goes stale after the TTL; nothing is lost
             logger.warning("could not release the output lock %s: %s", self.uri, error)

@@ -123,7 +123,9 @@ def test_lock_on_s3(seaweedfs, s3_bucket, monkeypatch):
         assert json.loads(fs.cat(f"{s3_bucket}/captions/{LOCK_FILE}"))["run_id"] == first.run_id
         with pytest.raises(OutputLocked, match=f"locked by run {first.run_id}"):
             OutputLock(output, options, settle_s=0.2).acquire()
-    assert not fs.exists(f"{s3_bucket}/captions/{LOCK_FILE}")
+    fs.invalidate_cache()
+    # Released without a trace: no zero-byte `captions/` marker left for listings to trip over.
+    assert fs.find(s3_bucket, withdirs=True) == []
 
     # A dead run's lock on S3 is taken over.
     stale = datetime.now(timezone.utc) - timedelta(minutes=10)
