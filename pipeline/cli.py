@@ -162,6 +162,8 @@ def run_schedule_command(args: argparse.Namespace) -> int:
     from pipeline.schedule import run_schedule
 
     load_job_file(args.config)  # a broken file fails now, not at the first tick hours later
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ConfigError(f"max_runs: {args.max_runs} must be at least 1 (leave it out to run forever)")
 
     def run_once() -> int:
         # A scheduler outlives failed runs: each is logged with its exit code and the next tick comes anyway.

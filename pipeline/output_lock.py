@@ -187,7 +187,7 @@ class OutputLock:
             if holder is not None and holder.run_id == self.run_id:
                 delete_object(self.uri, self.options)
                 logger.info("released the output lock %s", self.uri)
-        except OSError as error:  # the lock then goes stale after the TTL; nothing is lost
+        except Exception as error:  # never fail a finished run here: the lock goes stale after the TTL
             logger.warning("could not release the output lock %s: %s", self.uri, error)
 
     def __enter__(self) -> OutputLock:

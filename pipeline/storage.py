@@ -211,7 +211,15 @@ def delete_object(uri: str, options: StorageOptions) -> None:
         delete_file(uri, options)
         return
     import s3fs
+    from botocore.exceptions import BotoCoreError
 
     endpoint = options.resolved_s3_endpoint()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
-    retry_io(lambda: fs.rm_file(parsed.netloc + parsed.path), f"deleting {uri}")
+
+    def delete() -> None:
+        try:
+            fs.rm_file(parsed.netloc + parsed.path)
+        except BotoCoreError as error:  # connection refused / timeouts: not OSErrors, but just as transient
+            raise OSError(str(error)) from error
+
+    retry_io(delete, f"deleting {uri}")

@@ -50,3 +50,14 @@ def test_unknown_job_and_bad_schedule_name_the_key(tmp_path):
 def test_every_job_names_an_importable_run_function():
     for kind in JOBS.values():
         assert callable(kind.run_function())
+
+
+def test_schedule_refuses_a_file_without_schedule_and_a_bad_max_runs(tmp_path, capsys):
+    from pipeline.cli import main
+
+    path = write(tmp_path, BASE)
+    assert main(["schedule", "--config", str(path)]) == 2
+    assert "has no `schedule:` key" in capsys.readouterr().err
+    path = write(tmp_path, "schedule: '0 * * * *'\n" + BASE)
+    assert main(["schedule", "--config", str(path), "--max-runs", "0"]) == 2
+    assert "max_runs: 0 must be at least 1" in capsys.readouterr().err

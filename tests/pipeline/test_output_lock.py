@@ -146,3 +146,17 @@ def test_lock_on_s3(seaweedfs, s3_bucket, monkeypatch):
         assert json.loads(fs.cat(f"{s3_bucket}/captions/{LOCK_FILE}"))["run_id"] == taker.run_id
     fs.invalidate_cache()
     assert not fs.exists(f"{s3_bucket}/captions/{LOCK_FILE}")
+
+
+@pytest.mark.integration
+def test_release_waits_out_a_short_store_outage_on_s3(seaweedfs, s3_bucket, monkeypatch):
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    lock = OutputLock(f"s3://{s3_bucket}/captions", StorageOptions(), settle_s=0.2)
+    lock.acquire()
+    restart = seaweedfs.restart_after(2)  # the store is down when the run ends
+    lock.release()  # retried until the store is back; a failure here would fail a finished run
+    restart.join(timeout=60)
+    fs = seaweedfs.fs()
+    fs.invalidate_cache()
+    assert fs.find(s3_bucket, withdirs=True) == []
