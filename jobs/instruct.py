@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
@@ -48,6 +48,8 @@ class InstructConfig(JobConfig):
 
     `max_new_tokens` bounds each answer; `question_max_new_tokens` bounds the reply that lists the questions.
     """
+
+    job_name: ClassVar[str] = "instruct"
 
     instruction: str = DEFAULT_INSTRUCTION
     questions: int = 3

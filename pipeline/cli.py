@@ -14,11 +14,15 @@ from dataclasses import fields
 from typing import Any
 
 from pipeline.config import CaptionConfig, ConfigError, load_config
+from pipeline.output_lock import OutputLocked
+from pipeline.submit import ClusterUnreachable
 
 logger = logging.getLogger("llava_batch")
 
 EXIT_INVALID_SETTINGS = 2
 EXIT_TOO_MANY_ERRORS = 3
+EXIT_OUTPUT_LOCKED = 4  # another run of the job holds the output's lock
+EXIT_CLUSTER_UNREACHABLE = 5
 
 FIELD_HELP = {
     "input": "images to process: a local folder, file://, s3://bucket/prefix/ or any fsspec URL",
@@ -96,11 +100,16 @@ def run_caption_command(args: argparse.Namespace) -> int:
         result = run_caption(config)
     finally:
         shutdown()
+    return report_result(result, config.max_error_rate)
+
+
+def report_result(result: Any, max_error_rate: float) -> int:
+    """Print the run's summary; exit code 3 when more rows than allowed have errors."""
     print(result.summary)
-    if result.error_rate > config.max_error_rate:
+    if result.error_rate > max_error_rate:
         print(
             f"llava-batch: error: {result.errors} of {result.rows} rows ({result.error_rate:.1%}) have errors, over "
-            f"--max-error-rate {config.max_error_rate:.1%}; the rows were written (see the `error` column). "
+            f"--max-error-rate {max_error_rate:.1%}; the rows were written (see the `error` column). "
             "Raise --max-error-rate if this is expected.",
             file=sys.stderr,
         )
@@ -136,6 +145,135 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_job_file(path: str) -> int:
+    """Run a job file (any job in pipeline.job_files.JOBS) once, in this process."""
+    from pipeline.job_files import JOBS, load_job_file
+    from pipeline.ray_cluster import shutdown
+
+    job_file = load_job_file(path)
+    try:
+        result = JOBS[job_file.job].run_function()(job_file.config)
+    finally:
+        shutdown()
+    return report_result(result, getattr(job_file.config, "max_error_rate", 1.0))
+
+
+def run_submit_command(args: argparse.Namespace) -> int:
+    from pipeline.submit import submit
+
+    job_id = submit(args.config, args.address, ship_code=args.ship_code)
+    print(job_id)
+    print(f"follow it with: llava-batch status {job_id} --wait; llava-batch logs {job_id}", file=sys.stderr)
+    return 0
+
+
+def run_status_command(args: argparse.Namespace) -> int:
+    from pipeline.submit import job_status, wait_for_job
+
+    if args.wait:
+        wait_for_job(args.job_id, args.address, timeout_s=args.timeout)
+    status, message = job_status(args.job_id, args.address)
+    print(f"{args.job_id} {status}" + (f": {message}" if message else ""))
+    if args.wait and status != "SUCCEEDED":
+        return 1
+    return 0
+
+
+def run_logs_command(args: argparse.Namespace) -> int:
+    from pipeline.submit import job_logs
+
+    sys.stdout.write(job_logs(args.job_id, args.address))
+    return 0
+
+
+def run_schedule_command(args: argparse.Namespace) -> int:
+    from pipeline.job_files import load_job_file
+    from pipeline.schedule import run_schedule
+
+    load_job_file(args.config)  # a broken file fails now, not at the first tick hours later
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ConfigError(f"max_runs: {args.max_runs} must be at least 1 (leave it out to run forever)")
+
+    def run_once() -> int:
+        # A scheduler outlives failed runs: each is logged with its exit code and the next tick comes anyway.
+        try:
+            if args.address:
+                return submit_and_wait(args.config, args.address, ship_code=args.ship_code)
+            return run_job_file(args.config)
+        except OutputLocked as error:
+            logger.warning("run skipped: %s", error)
+            return EXIT_OUTPUT_LOCKED
+        except ClusterUnreachable as error:
+            logger.error("run skipped: %s", error)
+            return EXIT_CLUSTER_UNREACHABLE
+        except ConfigError as error:
+            logger.error("run failed: %s", error)
+            return EXIT_INVALID_SETTINGS
+        except Exception:
+            logger.exception("run failed")
+            return 1
+
+    if args.once:
+        return run_once()
+    return run_schedule(load_job_file(args.config), run_once, max_runs=args.max_runs)
+
+
+def submit_and_wait(config: str, address: str, *, ship_code: bool) -> int:
+    from pipeline.submit import submit, wait_for_job
+
+    job_id = submit(config, address, ship_code=ship_code)
+    status = wait_for_job(job_id, address, poll_s=2.0)
+    logger.info("cluster job %s ended %s (llava-batch logs %s)", job_id, status, job_id)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def run_run_command(args: argparse.Namespace) -> int:
+    return run_job_file(args.config)
+
+
+def add_cluster_commands(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="run a job file once; the job comes from its `job:` key (default caption)"
+    )
+    run.add_argument("--config", required=True, help="job YAML file")
+    run.set_defaults(handler=run_run_command)
+
+    address_help = "the head's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)"
+    submit = commands.add_parser("submit", help="run a job file on a Ray cluster (Job Submission API)")
+    submit.add_argument("--config", required=True, help="job YAML file; shipped with the job")
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument(
+        "--ship-code",
+        action="store_true",
+        help="also send this checkout's code (pipeline, jobs, operators) instead of using the cluster's install",
+    )
+    submit.set_defaults(handler=run_submit_command)
+
+    status = commands.add_parser("status", help="status of a submitted job")
+    status.add_argument("job_id")
+    status.add_argument("--address", help=address_help)
+    status.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it SUCCEEDED")
+    status.add_argument("--timeout", type=float, default=None, help="with --wait: give up after SECONDS")
+    status.set_defaults(handler=run_status_command)
+
+    logs = commands.add_parser("logs", help="output of a submitted job so far")
+    logs.add_argument("job_id")
+    logs.add_argument("--address", help=address_help)
+    logs.set_defaults(handler=run_logs_command)
+
+    schedule = commands.add_parser("schedule", help="run a job file on its `schedule:` (cron, UTC)")
+    schedule.add_argument("--config", required=True, help="job YAML file with a `schedule:` key")
+    schedule.add_argument(
+        "--max-runs", type=int, default=None, help="stop after N runs (default: run forever)"
+    )
+    schedule.add_argument(
+        "--once", action="store_true", help="run once now and exit (for system cron or a Kubernetes CronJob)"
+    )
+    schedule.add_argument("--address", help="submit each run to this cluster (" + address_help + ")")
+    schedule.add_argument("--ship-code", action="store_true", help="with --address: as for `submit`")
+    schedule.set_defaults(handler=run_schedule_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.tiny_models import FAMILIES
 
@@ -164,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=run_make_tiny_model)
+    add_cluster_commands(commands)
     return parser
 
 
@@ -184,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError) as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
         return EXIT_INVALID_SETTINGS
+    except OutputLocked as error:
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_LOCKED
+    except ClusterUnreachable as error:
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return EXIT_CLUSTER_UNREACHABLE
+    except TimeoutError as error:
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

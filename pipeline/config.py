@@ -9,7 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -87,6 +87,8 @@ class JobConfig:
 
     Field names match the CLI flags (dashes become underscores).
     """
+
+    job_name: ClassVar[str] = "caption"
 
     input: str = ""
     output: str = ""
@@ -232,6 +234,15 @@ def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
+            )
+        # `job` and `schedule` describe the file, not the job's settings (pipeline.job_files reads them).
+        job = loaded.pop("job", None)
+        loaded.pop("schedule", None)
+        expected = getattr(cls, "job_name", None)
+        if job is not None and expected is not None and job != expected:
+            raise ConfigError(
+                f"job: {str(path)!r} is a {job!r} job file, not {expected!r}; run it with "
+                f"`llava-batch {job} --config {path}`"
             )
         values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
     values.update({key: value for key, value in overrides.items() if value is not None})

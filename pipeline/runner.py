@@ -24,6 +24,7 @@ from pipeline.commit import (
     remove_parts,
     remove_temporary_files,
 )
+from pipeline.output_lock import OutputLock
 from pipeline.progress import ProgressReporter, summary_text
 from pipeline.shards import Shard
 from pipeline.stages import Stage, apply_stages
@@ -74,6 +75,12 @@ class JobResult:
 
 
 def run_job(plan: JobPlan) -> JobResult:
+    """Run the plan while holding the output's lock, so that two runs (two cron ticks) never write one output."""
+    with OutputLock(plan.output_uri, plan.options):
+        return _run_job_locked(plan)
+
+
+def _run_job_locked(plan: JobPlan) -> JobResult:
     import ray.data
 
     started_at = datetime.now(timezone.utc)

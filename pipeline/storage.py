@@ -201,3 +201,25 @@ def _write_text_once(uri: str, text: str, options: StorageOptions) -> None:
 def delete_file(uri: str, options: StorageOptions) -> None:
     fs, path = filesystem_for(uri, options)
     fs.delete_file(path)
+
+
+def delete_object(uri: str, options: StorageOptions) -> None:
+    """Delete one file and leave nothing behind. On S3 this goes through s3fs: pyarrow's delete_file re-creates
+    an empty `parent/` marker object (seen with pyarrow 26), which listings then show as a zero-byte file."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("s3", "s3a"):
+        delete_file(uri, options)
+        return
+    import s3fs
+    from botocore.exceptions import BotoCoreError
+
+    endpoint = options.resolved_s3_endpoint()
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+
+    def delete() -> None:
+        try:
+            fs.rm_file(parsed.netloc + parsed.path)
+        except BotoCoreError as error:  # connection refused / timeouts: not OSErrors, but just as transient
+            raise OSError(str(error)) from error
+
+    retry_io(delete, f"deleting {uri}")

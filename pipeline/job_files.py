@@ -1,0 +1,78 @@
+"""Job YAML files: which job a file runs (`job:`, default caption), its optional `schedule:`, and its config.
+
+JOBS maps each job name to its config class and run function, in one place: a new job is one line here.
+The run functions are named as strings and imported only when a run starts (they pull in torch and Ray), so
+`--help` stays fast; the config classes are light and imported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.instruct import InstructConfig
+from pipeline.config import CaptionConfig, ConfigError, load_config
+from pipeline.cron import CronError, parse_cron
+
+# Keys of a job file that belong to the file, not to the job's config (load_config leaves them out).
+FILE_KEYS = ("job", "schedule")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    config_class: type
+    run: str  # "module:function" taking the config and returning a pipeline.runner.JobResult
+
+    def run_function(self) -> Callable[[Any], Any]:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+JOBS: dict[str, JobKind] = {
+    "caption": JobKind(CaptionConfig, "jobs.caption:run_caption"),
+    "instruct": JobKind(InstructConfig, "jobs.instruct:run_instruct"),
+}
+DEFAULT_JOB = "caption"
+
+
+@dataclass(frozen=True)
+class JobFile:
+    path: Path
+    job: str
+    schedule: str | None
+    config: Any
+
+
+def read_file_keys(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw mapping of a job file (for the `job` / `schedule` keys; load_config validates the rest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {str(path)!r} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def load_job_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobFile:
+    """Read and validate a whole job file: its job name, its schedule (if any) and its config."""
+    raw = read_file_keys(path)
+    job = raw.get("job", DEFAULT_JOB)
+    if job not in JOBS:
+        raise ConfigError(f"job: {job!r} is not a job; choose one of {', '.join(sorted(JOBS))}")
+    schedule = raw.get("schedule")
+    if schedule is not None:
+        try:
+            parse_cron(schedule)
+        except CronError as error:
+            raise ConfigError(str(error)) from None
+    config = load_config(JOBS[job].config_class, path, overrides or {})
+    return JobFile(Path(path), job, None if schedule is None else str(schedule), config)
