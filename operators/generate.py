@@ -16,6 +16,7 @@ import torch
 
 from operators.batch import column, require_columns, row_count
 from operators.length_grouping import plan_generate_calls
+from operators.pixel_transport import expand_pixels, pixel_table
 from operators.tensor_codec import unpack_arrays
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def left_pad_collate(
     """Stack unpadded rows into one batch.
 
     Token ids are padded on `padding_side` (left for decoder-only generation, so every row's last prompt token
-    sits at the same position). Vision arrays are concatenated along dim 0 (one entry per image) and zero-padded
+    sits at the same position). Values may be numpy arrays or torch tensors (already on the model's device).
+    Vision arrays are concatenated along dim 0 (one entry per image) and zero-padded
     in the other dims, which is how LLaVA-NeXT's processor pads its variable number of anyres patches; the model
     drops those padded patches using `image_sizes`.
     """
@@ -92,8 +94,12 @@ def left_pad_collate(
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
     for name in rows[0]:
         if name != "input_ids":
-            batch[name] = torch.from_numpy(_concat_zero_padded([row[name] for row in rows]))
+            batch[name] = _concat_zero_padded([_as_tensor(row[name]) for row in rows])
     return batch
+
+
+def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
 
 
 def merge_generation(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -110,13 +116,15 @@ def merge_generation(base: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return merged
 
 
-def _concat_zero_padded(arrays: list[np.ndarray]) -> np.ndarray:
-    target = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays)))
+def _concat_zero_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    target = tuple(max(sizes) for sizes in zip(*(tensor.shape[1:] for tensor in tensors)))
     padded = []
-    for array in arrays:
-        widths = [(0, 0)] + [(0, want - have) for want, have in zip(target, array.shape[1:])]
-        padded.append(np.pad(array, widths) if any(after for _, after in widths) else array)
-    return np.concatenate(padded, axis=0)
+    for tensor in tensors:
+        afters = [want - have for want, have in zip(target, tensor.shape[1:])]
+        # torch.nn.functional.pad takes (before, after) pairs starting from the last dimension.
+        widths = [width for after in reversed(afters) for width in (0, after)]
+        padded.append(torch.nn.functional.pad(tensor, widths) if any(afters) else tensor)
+    return torch.cat(padded, dim=0)
 
 
 class Generate:
@@ -149,7 +157,11 @@ class Generate:
             trust_remote_code=trust_remote_code,
             device_map=device_map,
         )
-        self.tokenizer = load_processor(model, trust_remote_code=trust_remote_code).tokenizer
+        processor = load_processor(model, trust_remote_code=trust_remote_code)
+        self.tokenizer = processor.tokenizer
+        # uint8 pixels from PreprocessForModel are expanded to the processor's float32 values on the model's device.
+        table = pixel_table(getattr(processor, "image_processor", None))
+        self.pixel_table = None if table is None else torch.from_numpy(table).to(self.model.device)
         self.generate_kwargs = dict(generate_kwargs)
         self.seed = seed
         self.padding_side = padding_side
@@ -245,8 +257,9 @@ class Generate:
         self, rows: list[dict[str, np.ndarray]], *, seed_key: str = "", **generate_kwargs: Any
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """(text, num_output_tokens, finish_reason, error) per row, in order."""
-        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
         device = self.model.device
+        rows = [self.expand_row_pixels(row) for row in rows]
+        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
         floating = self.model.dtype
         inputs = {
             name: tensor.to(device, dtype=floating if tensor.is_floating_point() else tensor.dtype)
@@ -258,6 +271,20 @@ class Generate:
         output = self.model.generate(**inputs, **kwargs, pad_token_id=self.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._finish(tokens) for tokens in new_tokens]
+
+    def expand_row_pixels(self, row: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A row's uint8 pixels as the processor's float32 values on the model's device; float32 rows as they are.
+        Per row, before collation, so the zero padding between rows stays zero as with float32 transport."""
+        pixels = row.get("pixel_values")
+        if pixels is None or pixels.dtype != np.uint8:
+            return row
+        if self.pixel_table is None:
+            raise ValueError(
+                f"uint8 pixel values arrived but {self.model_name}'s image processor has no exact uint8 table; "
+                "preprocess with compact_pixels=False"
+            )
+        device_pixels = torch.from_numpy(pixels).to(self.model.device)
+        return {**row, "pixel_values": expand_pixels(device_pixels, self.pixel_table)}
 
     def _finish(self, tokens: list[int]) -> tuple[str, int, str, None]:
         stop_at = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
