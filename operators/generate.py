@@ -1,13 +1,16 @@
 """GPU side: one model replica per actor; left-pads a batch of preprocessed rows and runs batched `generate`.
 
 Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes `generated_text`, `num_output_tokens`,
-`finish_reason`, `model`, `error`; drops `model_inputs`.
+`finish_reason`, `model`, `error`, and `_replica_stats` (this call's busy and idle seconds, JSON, on the batch's first
+row; the committer adds them up and drops the column); drops `model_inputs`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 import zlib
 from typing import Any
 
@@ -127,6 +130,39 @@ def _concat_zero_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=0)
 
 
+REPLICA_STATS_COLUMN = "_replica_stats"
+
+
+class ReplicaClock:
+    """Where a replica's time goes: busy in calls (of which inside `model.generate`) and idle between them.
+
+    Idle is the time from the end of one call (or of loading the model) to the start of the next: the replica
+    was waiting for input. The time after its last call is not counted; nothing was waiting for it then.
+    """
+
+    def __init__(self, now: float | None = None) -> None:
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.ready_at = time.monotonic() if now is None else now
+        self.call_started = self.ready_at
+        self.generate_s = 0.0
+
+    def start_call(self, now: float | None = None) -> float:
+        """Marks the start of a call; returns the idle seconds before it."""
+        self.call_started = time.monotonic() if now is None else now
+        self.generate_s = 0.0
+        return max(self.call_started - self.ready_at, 0.0)
+
+    def end_call(self, idle_s: float, now: float | None = None) -> dict[str, Any]:
+        """Marks the end of a call; returns this call's stats (what `_replica_stats` carries)."""
+        self.ready_at = time.monotonic() if now is None else now
+        return {
+            "replica": self.replica_id,
+            "busy_s": round(self.ready_at - self.call_started, 6),
+            "idle_s": round(idle_s, 6),
+            "generate_s": round(self.generate_s, 6),
+        }
+
+
 class Generate:
     """A model replica. Preprocessing never happens here: rows arrive tokenized with pixel values ready."""
 
@@ -175,8 +211,18 @@ class Generate:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
+        self.clock = ReplicaClock()  # started last: loading the model is start-up, not waiting for input
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        idle_s = self.clock.start_call()
+        out = self.generate_batch(batch)
+        stats = np.full(row_count(batch), None, dtype=object)
+        if len(stats):
+            stats[0] = json.dumps(self.clock.end_call(idle_s))
+        out[REPLICA_STATS_COLUMN] = stats
+        return out
+
+    def generate_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, ("model_inputs",), stage="generate")
         size = row_count(batch)
         errors = column(batch, "error", size)
@@ -268,7 +314,9 @@ class Generate:
         # Sampling is seeded per batch from the row ids, so a re-run of the same batch samples the same text.
         torch.manual_seed(zlib.crc32(f"{self.seed}|{seed_key}".encode()))
         kwargs = generate_kwargs or self.generate_kwargs
+        started = time.monotonic()
         output = self.model.generate(**inputs, **kwargs, pad_token_id=self.pad_token_id)
+        self.clock.generate_s += time.monotonic() - started
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._finish(tokens) for tokens in new_tokens]
 

@@ -35,6 +35,8 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "num_output_tokens": pa.int64(),
     "finish_reason": pa.string(),
     "model": pa.string(),
+    # a model replica's busy/idle seconds for one batch (JSON; operators.generate), summed by the committer
+    "_replica_stats": pa.string(),
 }
 
 
