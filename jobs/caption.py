@@ -92,6 +92,7 @@ def caption_stages(
                 "seed": config.seed,
                 "dtype": config.dtype,
                 "attn_implementation": config.attn_implementation,
+                "compile": config.compile,
                 "trust_remote_code": config.trust_remote_code,
                 # A replica larger than one GPU: its layers spread evenly over its GPUs (pipeline.placement).
                 "device_map": "balanced" if gpus > 1 else None,

@@ -75,6 +75,23 @@ def _balanced_over_visible_gpus(model: str, dtype: torch.dtype, trust_remote_cod
     return device_map
 
 
+def use_static_cache_and_compile(model: torch.nn.Module) -> None:
+    """Static KV cache, so that `generate` compiles the decoding step with torch.compile (transformers compiles
+    `forward` itself when the cache is static and a `compile_config` is set: `GenerationMixin.
+    _valid_auto_compile_criteria`). On CUDA the mode is "reduce-overhead" (CUDA graphs); elsewhere compilation is
+    forced on with the default mode, which works but compiles slowly and gains little. Each new batch shape (rows,
+    prompt length + max_new_tokens) allocates a new cache and compiles again."""
+    from transformers import CompileConfig
+
+    on_cuda = model.device.type == "cuda"
+    compile_config = CompileConfig(mode="reduce-overhead" if on_cuda else "default")
+    if not on_cuda:
+        compile_config._compile_all_devices = True  # transformers' switch for compiling off-GPU
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = compile_config
+    logger.info("static KV cache and torch.compile (%s) on %s", compile_config.mode, model.device)
+
+
 def left_pad_collate(
     rows: list[dict[str, np.ndarray]], pad_token_id: int, *, padding_side: str = "left"
 ) -> dict[str, torch.Tensor]:
@@ -180,8 +197,11 @@ class Generate:
         rows_per_call: int | None = None,
         max_batch_tokens: int | None = None,
         group_by_length: bool = True,
+        compile: bool = False,
     ) -> None:
-        """`rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
+        """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
+
+        `rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
         prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch."""
         from operators.preprocess import load_processor
 
@@ -195,6 +215,9 @@ class Generate:
         )
         processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.tokenizer = processor.tokenizer
+        self.compiled = compile
+        if compile:
+            use_static_cache_and_compile(self.model)
         # uint8 pixels from PreprocessForModel are expanded to the processor's float32 values on the model's device.
         table = pixel_table(getattr(processor, "image_processor", None))
         self.pixel_table = None if table is None else torch.from_numpy(table).to(self.model.device)

@@ -140,6 +140,11 @@ def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
         (["--batch-size", "0"], "batch_size: 0 is out of range"),
         (["--replicas", "3:1"], "replicas: '3:1' must satisfy"),
         (["--model", "/nonexistent/model"], "is not a model directory"),
+        # flash-attn is not installed in the test environment.
+        (
+            ["--attn-implementation", "flash_attention_2"],
+            "'flash_attention_2' needs the flash-attn package, which is not installed",
+        ),
     ],
 )
 def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, changes, message):
