@@ -19,7 +19,9 @@ Steady state, excluding fixed start-up costs (process and Ray start, actor start
     bottleneck and idle near 0, this is the rate at which rows leave the pipeline;
   - single process: images / (time from reading the first batch to writing the last file).
 The variants are interleaved within each repeat (the machine is shared with other work); the ratio is the median of
-per-repeat ratios. Wall times (with start-up) are printed too.
+per-repeat ratios. On a shared machine the speed of model.generate itself swings with the other work, so the report
+also gives each variant's steady window over its time inside model.generate, and the ratio the variants would have
+at equal generate speed. Wall times (with start-up) are printed too.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Run:
     texts: dict[str, str]
     replica_busy_s: float | None = None
     replica_idle_s: float | None = None
+    breakdown: dict[str, float] | None = None  # single process: seconds by step
 
     @property
     def rate(self) -> float:
@@ -93,7 +96,9 @@ def run_pipeline(
         raise RuntimeError(f"no `model replicas` line in the summary:\n{done.stdout[-2000:]}")
     busy, idle = float(replica.group(2)), float(replica.group(3))
     texts = read_texts(endpoint, output_uri)
-    return Run("pipeline", len(texts), seconds, busy + idle, texts, busy, idle)
+    manifest = json.loads(endpoint.fs().cat(output_uri.removeprefix("s3://").rstrip("/") + "/_manifest.json"))
+    breakdown = {"generate_s": manifest["model_replicas"]["generate_s"]}
+    return Run("pipeline", len(texts), seconds, busy + idle, texts, busy, idle, breakdown)
 
 
 def run_single_process_child(
@@ -107,14 +112,16 @@ def run_single_process_child(
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"single-process run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    steady = json.loads(done.stdout.strip().splitlines()[-1])["steady_s"]
+    parts = json.loads(done.stdout.strip().splitlines()[-1])
     texts = read_texts(endpoint, output_uri)
-    return Run("single", len(texts), seconds, steady, texts)
+    return Run("single", len(texts), seconds, parts.pop("steady_s"), texts, breakdown=parts)
 
 
-def run_single_process(checkpoint: Path, input_uri: str, output_uri: str, new_tokens: int) -> float:
+def run_single_process(
+    checkpoint: Path, input_uri: str, output_uri: str, new_tokens: int
+) -> dict[str, float]:
     """Read, decode, preprocess, generate and write with the pipeline's operators, one batch after another;
-    returns the seconds from the first read to the last write (model loading excluded)."""
+    returns the seconds from the first read to the last write (model loading excluded) and where they went."""
     torch.set_num_threads(1)
     options = StorageOptions()
     preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
@@ -125,8 +132,10 @@ def run_single_process(checkpoint: Path, input_uri: str, output_uri: str, new_to
         rows_per_call=BATCH,
     )
     names = list_files(input_uri, options, ("jpg",))
+    seconds = {"read_s": 0.0, "preprocess_s": 0.0, "generate_call_s": 0.0, "generate_s": 0.0, "write_s": 0.0}
     started = time.perf_counter()
     for start in range(0, len(names), BATCH):
+        t0 = time.perf_counter()
         chunk = names[start : start + BATCH]
         sources = [f"{input_uri.rstrip('/')}/{name}" for name in chunk]
         batch = {
@@ -136,9 +145,20 @@ def run_single_process(checkpoint: Path, input_uri: str, output_uri: str, new_to
             "prompt": object_array([PROMPT] * len(chunk)),
             "shard_id": object_array([f"{start:06d}"] * len(chunk)),
         }
-        table = to_output_table(to_arrow(generate(preprocess(batch))))
+        t1 = time.perf_counter()
+        prepared = preprocess(batch)
+        t2 = time.perf_counter()
+        generated = generate(prepared)
+        t3 = time.perf_counter()
+        table = to_output_table(to_arrow(generated))
         write_parquet_atomically(table, f"{output_uri.rstrip('/')}/part-{start:06d}.parquet", options)
-    return time.perf_counter() - started
+        t4 = time.perf_counter()
+        seconds["generate_s"] += json.loads(generated["_replica_stats"][0])["generate_s"]
+        for name, value in zip(
+            ("read_s", "preprocess_s", "generate_call_s", "write_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        ):
+            seconds[name] += value
+    return {"steady_s": time.perf_counter() - started, **seconds, "torch_threads": torch.get_num_threads()}
 
 
 def read_texts(endpoint: S3Endpoint, output_uri: str) -> dict[str, str]:
@@ -184,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.single_process_run:
         checkpoint, input_uri, output_uri, new_tokens = args.single_process_run
-        steady = run_single_process(Path(checkpoint), input_uri, output_uri, int(new_tokens))
-        print(json.dumps({"steady_s": steady}))
+        print(json.dumps(run_single_process(Path(checkpoint), input_uri, output_uri, int(new_tokens))))
         return 0
     import ray
     import transformers
@@ -217,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"{variant} wrote {run.images} rows for {args.images} images")
                     runs[variant].append(run)
                     extra = (
-                        f" (replica busy {run.replica_busy_s:.1f} s + idle {run.replica_idle_s:.1f} s)"
+                        f" (replica busy {run.replica_busy_s:.1f} s + idle {run.replica_idle_s:.1f} s; "
+                        f"in model.generate {(run.breakdown or {}).get('generate_s', 0.0):.1f} s)"
                         if run.replica_busy_s is not None
-                        else ""
+                        else " (" + ", ".join(f"{k} {v:.1f}" for k, v in (run.breakdown or {}).items()) + ")"
                     )
                     print(
                         f"  repeat {repeat + 1} {variant:8s}: wall {run.wall_s:6.1f} s, steady window "
@@ -241,6 +261,14 @@ def summarize(runs: dict[str, list[Run]], args: argparse.Namespace) -> dict:
         variant: [run.wall_s - run.steady_s for run in variant_runs] for variant, variant_runs in runs.items()
     }
     ratios = [pipeline / single for pipeline, single in zip(rates["pipeline"], rates["single"])]
+    # On a shared machine the speed of model.generate itself swings with other work; the share of each variant's
+    # steady window spent outside model.generate (Ray, S3, decode, preprocess, Parquet, waiting) does not. The
+    # ratio the variants would have at equal generate speed: (single window / its generate) / (pipeline's).
+    overheads = {
+        variant: [run.steady_s / run.breakdown["generate_s"] for run in variant_runs]
+        for variant, variant_runs in runs.items()
+    }
+    normalised = [single / pipeline for pipeline, single in zip(overheads["pipeline"], overheads["single"])]
     # Same images, same model, same greedy settings: the captions must agree row for row.
     reference = runs["single"][0].texts
     same = np.mean(
@@ -255,6 +283,12 @@ def summarize(runs: dict[str, list[Run]], args: argparse.Namespace) -> dict:
         ),
         f"pipeline / single process (steady state): per repeat {', '.join(f'{r:.3f}' for r in ratios)}; "
         f"median {shared.median(ratios):.3f} (bar: >= 0.9)",
+        "steady window / time inside model.generate: "
+        + "; ".join(
+            f"{variant} {', '.join(f'{o:.3f}' for o in overheads[variant])}" for variant in overheads
+        ),
+        f"pipeline / single process at equal generate speed: per repeat {', '.join(f'{r:.3f}' for r in normalised)}; "
+        f"median {shared.median(normalised):.3f}",
         f"wall time with start-up, pipeline / single process: "
         f"{shared.median([run.wall_s for run in runs['single']]) / shared.median([run.wall_s for run in runs['pipeline']]):.3f}"
         " (images/s ratio)",
@@ -269,6 +303,7 @@ def summarize(runs: dict[str, list[Run]], args: argparse.Namespace) -> dict:
             "single_img_s": round(shared.median(rates["single"]), 4),
             "ratio": round(shared.median(ratios), 4),
             "ratios": [round(ratio, 4) for ratio in ratios],
+            "ratio_at_equal_generate_speed": round(shared.median(normalised), 4),
             "captions_equal": round(float(same), 4),
         },
     }
