@@ -12,12 +12,14 @@ offline BPE of pipeline.tiny_models. Inputs are synthetic photo-like JPEGs of ea
 Both run in this one process with one thread (torch, OpenMP), so images/s is per core; variants are interleaved
 within each repeat and the ratio is the median of per-repeat ratios. A breakdown of the operator's time per row
 (decode, render, processor, pack) and the bytes per image that travel from the CPU actors to the model replicas
-(the packed `model_inputs`, with pixel values as float32 now, and as float16 or uint8 could make them) follow.
+(the packed `model_inputs` as sent, uint8 pixels where the processor allows, against float32 and float16
+pixels, and the npz container's overhead) follow.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 
@@ -104,18 +106,25 @@ def operator_breakdown(case: Case) -> dict[str, float]:
     return {name: 1000 * seconds / len(case.images) for name, seconds in totals.items()}
 
 
-def transfer_sizes(packed: bytes) -> dict[str, Any]:
-    """Bytes of one packed row as it is (float32 pixels) and with its pixel values as float16 or as uint8 (the
-    resized 0-255 pixels, normalised on the GPU instead), plus the pixel tensor's shape."""
-    arrays = unpack_arrays(packed)
-    pixels = arrays["pixel_values"]
-    as_half = pack_arrays({**arrays, "pixel_values": pixels.astype(np.float16)})
-    as_uint8 = pack_arrays({**arrays, "pixel_values": np.zeros(pixels.shape, dtype=np.uint8)})
+def transfer_sizes(case: Case) -> dict[str, Any]:
+    """Bytes of one packed row as the operator sends it (uint8 pixels where the processor allows, see
+    operators.pixel_transport) and with float32 pixels (compact transport off) or float16 ones; the raw array bytes
+    without the npz container; the pixel tensor's shape and dtype."""
+    one_row = {name: values[:1] for name, values in case.batch.items()}
+    compact = case.operator(one_row)["model_inputs"][0]
+    float32_operator = copy.copy(case.operator)
+    float32_operator.pixel_table = None  # what compact_pixels=False sends
+    wide = float32_operator(one_row)["model_inputs"][0]
+    arrays = unpack_arrays(compact)
+    float32_pixels = unpack_arrays(wide)["pixel_values"]
+    as_half = pack_arrays({**arrays, "pixel_values": float32_pixels.astype(np.float16)})
     return {
-        "float32": len(packed),
+        "sent": len(compact),
+        "sent_raw": sum(array.nbytes for array in arrays.values()),
+        "float32": len(wide),
         "float16": len(as_half),
-        "uint8": len(as_uint8),
-        "pixel_shape": tuple(pixels.shape),
+        "pixel_shape": tuple(arrays["pixel_values"].shape),
+        "pixel_dtype": str(arrays["pixel_values"].dtype),
         "tokens": int(arrays["input_ids"].shape[-1]),
     }
 
@@ -198,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     rates.setdefault((case.family, case.size, variant), []).append(rate)
             print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
         breakdowns = {(case.family, case.size): operator_breakdown(case) for case in cases}
-        sizes = {
-            (case.family, case.size): transfer_sizes(case.operator(case.batch)["model_inputs"][0])
-            for case in cases
-        }
+        sizes = {(case.family, case.size): transfer_sizes(case) for case in cases}
 
     print()
     header = (
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = (
         f"{'family':17s} {'image':>9s} {'JPEG in':>9s} {'tokens':>6s} {'pixel_values shape':>22s} "
-        f"{'packed f32':>11s} {'as f16':>10s} {'as uint8':>10s}"
+        f"{'sent':>9s} {'dtype':>7s} {'npz overhead':>12s} {'as f32':>9s} {'as f16':>9s} {'f32/sent':>8s}"
     )
     print("bytes per image between actors (packed model_inputs; JPEG in for comparison):")
     print(header)
@@ -234,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         size = sizes[(case.family, case.size)]
         print(
             f"{case.family:17s} {case.size:>9s} {case.jpeg_bytes / 1e3:8.0f}K {size['tokens']:6d} "
-            f"{str(size['pixel_shape']):>22s} {size['float32'] / 1e6:10.2f}M {size['float16'] / 1e6:9.2f}M "
-            f"{size['uint8'] / 1e6:9.2f}M"
+            f"{str(size['pixel_shape']):>22s} {size['sent'] / 1e6:8.3f}M {size['pixel_dtype']:>7s} "
+            f"{size['sent'] - size['sent_raw']:11d}B {size['float32'] / 1e6:8.3f}M {size['float16'] / 1e6:8.3f}M "
+            f"{size['float32'] / size['sent']:8.2f}"
         )
     print()
     parts = [

@@ -91,14 +91,10 @@ def instruct_stages(
     cluster (pipeline.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
     """
     # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
-    from jobs.caption import read_spec, resolve_gpus_per_replica
+    from jobs.model_stages import model_call_stages, read_stage, resolve_gpus_per_replica
     from operators.conversation import continue_conversation, finish_conversation, start_conversation
-    from operators.generate import Generate
     from operators.parse_questions import explode_questions
-    from operators.preprocess import PreprocessForModel
     from operators.prompts import expand_prompts
-    from pipeline.prompt_formats import fallback_chat_template
-    from pipeline.readers import read_shards
     from pipeline.stages import fit_cpu_shares
 
     gpus = resolve_gpus_per_replica(config, resources)
@@ -109,54 +105,21 @@ def instruct_stages(
 
     def model_call(name: str, max_new_tokens: int, keep_image_bytes: bool) -> list[Stage]:
         generation = config.generation.generate_kwargs() | {"max_new_tokens": max_new_tokens}
-        return [
-            Stage(
-                f"preprocess-{name}",
-                PreprocessForModel,
-                batch_size=16,
-                num_cpus=shares.preprocess,
-                pool=(1, config.preprocess_workers),
-                constructor_kwargs={
-                    "model": config.model,
-                    "max_image_pixels": config.max_image_pixels,
-                    "fallback_chat_template": fallback_chat_template(model),
-                    "trust_remote_code": config.trust_remote_code,
-                    "keep_image_bytes": keep_image_bytes,
-                },
-            ),
-            Stage(
-                f"generate-{name}",
-                Generate,
-                batch_size=config.batch_size * config.length_window,
-                num_cpus=shares.generate,
-                num_gpus=gpus,
-                pool=(config.replicas.min, config.replicas.max),
-                constructor_kwargs={
-                    "model": config.model,
-                    "generate_kwargs": generation,
-                    "seed": config.seed,
-                    "dtype": config.dtype,
-                    "attn_implementation": config.attn_implementation,
-                    "trust_remote_code": config.trust_remote_code,
-                    "device_map": "balanced" if gpus > 1 else None,
-                    "rows_per_call": config.batch_size,
-                    "max_batch_tokens": config.batch_tokens,
-                    "group_by_length": config.length_window > 1,
-                },
-            ),
-        ]
+        return model_call_stages(
+            config,
+            model,
+            shares,
+            gpus,
+            generate_kwargs=generation,
+            name=name,
+            keep_image_bytes=keep_image_bytes,
+        )
 
     def task(name: str, fn: Any, **kwargs: Any) -> Stage:
         return Stage(name, fn, num_cpus=shares.read, fn_kwargs=kwargs)
 
     stages = [
-        Stage(
-            "read",
-            read_shards,
-            batch_size=1,
-            num_cpus=shares.read,
-            fn_kwargs={"options": options, "spec": read_spec(config)},
-        ),
+        read_stage(config, options, shares),
         task("prompt", expand_prompts, prompts=[{"prompt_id": "ask", "text": config.instruction_text()}]),
         *model_call("questions", config.question_max_new_tokens, keep_image_bytes=True),
         task("parse", explode_questions, max_questions=config.questions),

@@ -1,13 +1,16 @@
 """GPU side: one model replica per actor; left-pads a batch of preprocessed rows and runs batched `generate`.
 
 Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes `generated_text`, `num_output_tokens`,
-`finish_reason`, `model`, `error`; drops `model_inputs`.
+`finish_reason`, `model`, `error`, and `_replica_stats` (this call's busy and idle seconds, JSON, on the batch's first
+row; the committer adds them up and drops the column); drops `model_inputs`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 import zlib
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 
 from operators.batch import column, require_columns, row_count
 from operators.length_grouping import plan_generate_calls
+from operators.pixel_transport import expand_pixels, pixel_table
 from operators.tensor_codec import unpack_arrays
 
 logger = logging.getLogger(__name__)
@@ -71,13 +75,31 @@ def _balanced_over_visible_gpus(model: str, dtype: torch.dtype, trust_remote_cod
     return device_map
 
 
+def use_static_cache_and_compile(model: torch.nn.Module) -> None:
+    """Static KV cache, so that `generate` compiles the decoding step with torch.compile (transformers compiles
+    `forward` itself when the cache is static and a `compile_config` is set: `GenerationMixin.
+    _valid_auto_compile_criteria`). On CUDA the mode is "reduce-overhead" (CUDA graphs); elsewhere compilation is
+    forced on with the default mode, which works but compiles slowly and gains little. Each new batch shape (rows,
+    prompt length + max_new_tokens) allocates a new cache and compiles again."""
+    from transformers import CompileConfig
+
+    on_cuda = model.device.type == "cuda"
+    compile_config = CompileConfig(mode="reduce-overhead" if on_cuda else "default")
+    if not on_cuda:
+        compile_config._compile_all_devices = True  # transformers' switch for compiling off-GPU
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = compile_config
+    logger.info("static KV cache and torch.compile (%s) on %s", compile_config.mode, model.device)
+
+
 def left_pad_collate(
     rows: list[dict[str, np.ndarray]], pad_token_id: int, *, padding_side: str = "left"
 ) -> dict[str, torch.Tensor]:
     """Stack unpadded rows into one batch.
 
     Token ids are padded on `padding_side` (left for decoder-only generation, so every row's last prompt token
-    sits at the same position). Vision arrays are concatenated along dim 0 (one entry per image) and zero-padded
+    sits at the same position). Values may be numpy arrays or torch tensors (already on the model's device).
+    Vision arrays are concatenated along dim 0 (one entry per image) and zero-padded
     in the other dims, which is how LLaVA-NeXT's processor pads its variable number of anyres patches; the model
     drops those padded patches using `image_sizes`.
     """
@@ -92,8 +114,12 @@ def left_pad_collate(
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
     for name in rows[0]:
         if name != "input_ids":
-            batch[name] = torch.from_numpy(_concat_zero_padded([row[name] for row in rows]))
+            batch[name] = _concat_zero_padded([_as_tensor(row[name]) for row in rows])
     return batch
+
+
+def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
 
 
 def merge_generation(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -110,13 +136,48 @@ def merge_generation(base: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return merged
 
 
-def _concat_zero_padded(arrays: list[np.ndarray]) -> np.ndarray:
-    target = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays)))
+def _concat_zero_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    target = tuple(max(sizes) for sizes in zip(*(tensor.shape[1:] for tensor in tensors)))
     padded = []
-    for array in arrays:
-        widths = [(0, 0)] + [(0, want - have) for want, have in zip(target, array.shape[1:])]
-        padded.append(np.pad(array, widths) if any(after for _, after in widths) else array)
-    return np.concatenate(padded, axis=0)
+    for tensor in tensors:
+        afters = [want - have for want, have in zip(target, tensor.shape[1:])]
+        # torch.nn.functional.pad takes (before, after) pairs starting from the last dimension.
+        widths = [width for after in reversed(afters) for width in (0, after)]
+        padded.append(torch.nn.functional.pad(tensor, widths) if any(afters) else tensor)
+    return torch.cat(padded, dim=0)
+
+
+REPLICA_STATS_COLUMN = "_replica_stats"
+
+
+class ReplicaClock:
+    """Where a replica's time goes: busy in calls (of which inside `model.generate`) and idle between them.
+
+    Idle is the time from the end of one call (or of loading the model) to the start of the next: the replica
+    was waiting for input. The time after its last call is not counted; nothing was waiting for it then.
+    """
+
+    def __init__(self, now: float | None = None) -> None:
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.ready_at = time.monotonic() if now is None else now
+        self.call_started = self.ready_at
+        self.generate_s = 0.0
+
+    def start_call(self, now: float | None = None) -> float:
+        """Marks the start of a call; returns the idle seconds before it."""
+        self.call_started = time.monotonic() if now is None else now
+        self.generate_s = 0.0
+        return max(self.call_started - self.ready_at, 0.0)
+
+    def end_call(self, idle_s: float, now: float | None = None) -> dict[str, Any]:
+        """Marks the end of a call; returns this call's stats (what `_replica_stats` carries)."""
+        self.ready_at = time.monotonic() if now is None else now
+        return {
+            "replica": self.replica_id,
+            "busy_s": round(self.ready_at - self.call_started, 6),
+            "idle_s": round(idle_s, 6),
+            "generate_s": round(self.generate_s, 6),
+        }
 
 
 class Generate:
@@ -136,8 +197,11 @@ class Generate:
         rows_per_call: int | None = None,
         max_batch_tokens: int | None = None,
         group_by_length: bool = True,
+        compile: bool = False,
     ) -> None:
-        """`rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
+        """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
+
+        `rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
         prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch."""
         from operators.preprocess import load_processor
 
@@ -149,7 +213,14 @@ class Generate:
             trust_remote_code=trust_remote_code,
             device_map=device_map,
         )
-        self.tokenizer = load_processor(model, trust_remote_code=trust_remote_code).tokenizer
+        processor = load_processor(model, trust_remote_code=trust_remote_code)
+        self.tokenizer = processor.tokenizer
+        self.compiled = compile
+        if compile:
+            use_static_cache_and_compile(self.model)
+        # uint8 pixels from PreprocessForModel are expanded to the processor's float32 values on the model's device.
+        table = pixel_table(getattr(processor, "image_processor", None))
+        self.pixel_table = None if table is None else torch.from_numpy(table).to(self.model.device)
         self.generate_kwargs = dict(generate_kwargs)
         self.seed = seed
         self.padding_side = padding_side
@@ -163,8 +234,18 @@ class Generate:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
+        self.clock = ReplicaClock()  # started last: loading the model is start-up, not waiting for input
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        idle_s = self.clock.start_call()
+        out = self.generate_batch(batch)
+        stats = np.full(row_count(batch), None, dtype=object)
+        if len(stats):
+            stats[0] = json.dumps(self.clock.end_call(idle_s))
+        out[REPLICA_STATS_COLUMN] = stats
+        return out
+
+    def generate_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, ("model_inputs",), stage="generate")
         size = row_count(batch)
         errors = column(batch, "error", size)
@@ -245,8 +326,9 @@ class Generate:
         self, rows: list[dict[str, np.ndarray]], *, seed_key: str = "", **generate_kwargs: Any
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """(text, num_output_tokens, finish_reason, error) per row, in order."""
-        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
         device = self.model.device
+        rows = [self.expand_row_pixels(row) for row in rows]
+        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
         floating = self.model.dtype
         inputs = {
             name: tensor.to(device, dtype=floating if tensor.is_floating_point() else tensor.dtype)
@@ -255,9 +337,25 @@ class Generate:
         # Sampling is seeded per batch from the row ids, so a re-run of the same batch samples the same text.
         torch.manual_seed(zlib.crc32(f"{self.seed}|{seed_key}".encode()))
         kwargs = generate_kwargs or self.generate_kwargs
+        started = time.monotonic()
         output = self.model.generate(**inputs, **kwargs, pad_token_id=self.pad_token_id)
+        self.clock.generate_s += time.monotonic() - started
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._finish(tokens) for tokens in new_tokens]
+
+    def expand_row_pixels(self, row: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A row's uint8 pixels as the processor's float32 values on the model's device; float32 rows as they are.
+        Per row, before collation, so the zero padding between rows stays zero as with float32 transport."""
+        pixels = row.get("pixel_values")
+        if pixels is None or pixels.dtype != np.uint8:
+            return row
+        if self.pixel_table is None:
+            raise ValueError(
+                f"uint8 pixel values arrived but {self.model_name}'s image processor has no exact uint8 table; "
+                "preprocess with compact_pixels=False"
+            )
+        device_pixels = torch.from_numpy(pixels).to(self.model.device)
+        return {**row, "pixel_values": expand_pixels(device_pixels, self.pixel_table)}
 
     def _finish(self, tokens: list[int]) -> tuple[str, int, str, None]:
         stop_at = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)

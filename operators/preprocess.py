@@ -2,6 +2,7 @@
 
 Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation`,
 `fields` (for a VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes` (unless a later model call needs them).
+Pixel values are packed as uint8 where the processor allows it (operators.pixel_transport), else as float32.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import numpy as np
 from operators.batch import column, require_columns, row_count
 from operators.chat_template import Conversation, count_images, render_prompt, user_turn
 from operators.decode import ImageDecodeError, decode_image
+from operators.pixel_transport import (
+    RAW_PIXEL_KWARGS,
+    as_uint8,
+    expand_pixels_numpy,
+    pads_after_normalising,
+    pixel_table,
+)
 from operators.tensor_codec import pack_arrays
 from operators.visual_prompt import draw_visual_prompt
 
@@ -45,9 +53,14 @@ class PreprocessForModel:
         trust_remote_code: bool = False,
         visual_prompt_field: str | None = None,
         keep_image_bytes: bool = False,
+        compact_pixels: bool = True,
     ) -> None:
         """`keep_image_bytes`: pass the encoded images on, for jobs that call the model again on the same
-        images (instruct: questions first, then answers); by default they are dropped to keep blocks light."""
+        images (instruct: questions first, then answers); by default they are dropped to keep blocks light.
+
+        `compact_pixels`: send uint8 pixels for the model side to normalise (operators.pixel_transport) where
+        this processor allows it; it switches itself off, with a warning, if the first row does not reproduce the
+        processor's float32 pixels exactly."""
         self.keep_image_bytes = keep_image_bytes
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
@@ -58,6 +71,10 @@ class PreprocessForModel:
             )
         self.visual_prompt_field = visual_prompt_field
         self.image_token_id = _image_token_id(self.processor)
+        image_processor = getattr(self.processor, "image_processor", None)
+        self.pixel_table = pixel_table(image_processor) if compact_pixels and image_processor else None
+        self.pads_after_normalising = pads_after_normalising(image_processor)
+        self.compact_verified = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, self.input_columns, stage="preprocess")
@@ -129,9 +146,40 @@ class PreprocessForModel:
                 f"the prompt has {wanted} image placeholder(s) but the row has {len(images)} image(s)"
             )
         text = render_prompt(self.processor, conversation, self.fallback_chat_template)
-        encoded = self.processor(text=[text], images=images, return_tensors="np")
-        arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
+        arrays = None
+        if self.pixel_table is not None and not (self.pads_after_normalising and len(images) > 1):
+            arrays = self._compact_arrays(text, images)
+        if arrays is None:
+            encoded = self.processor(text=[text], images=images, return_tensors="np")
+            arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
         arrays["input_ids"] = arrays["input_ids"][0].astype(np.int64)
+        return arrays
+
+    def _compact_arrays(self, text: str, images: list[Any]) -> dict[str, np.ndarray] | None:
+        """Processor outputs with uint8 pixel values, or None where they would not be exact (use float32)."""
+        encoded = self.processor(text=[text], images=images, return_tensors="np", **RAW_PIXEL_KWARGS)
+        arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
+        pixels = as_uint8(arrays["pixel_values"])
+        if pixels is None:
+            logger.warning(
+                "un-normalised pixel values are not 0-255 integers; sending float32 pixels instead"
+            )
+            self.pixel_table = None
+            return None
+        if not self.compact_verified:
+            # Once per actor: the model side's table lookup must give the processor's own float32 pixels.
+            full = self.processor(text=[text], images=images, return_tensors="np")["pixel_values"]
+            expanded = expand_pixels_numpy(pixels, self.pixel_table)
+            difference = np.abs(expanded - full).max() if expanded.shape == full.shape else np.inf
+            if difference != 0:
+                logger.warning(
+                    "uint8 pixels differ from the processor's by up to %g; sending float32 pixels instead",
+                    difference,
+                )
+                self.pixel_table = None
+                return None
+            self.compact_verified = True
+        arrays["pixel_values"] = pixels
         return arrays
 
 

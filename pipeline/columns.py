@@ -44,6 +44,8 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "image": pa.string(),
     "conversations": pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
     "settings": pa.string(),
+    # a model replica's busy/idle seconds for one batch (JSON; operators.generate), summed by the committer
+    "_replica_stats": pa.string(),
 }
 
 

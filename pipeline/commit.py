@@ -62,6 +62,7 @@ INTERNAL_COLUMNS = (
     "question",
     "questions",
     "conversation_tokens",
+    "_replica_stats",
 )
 
 
@@ -120,6 +121,43 @@ class CommitStats:
     output_tokens: int = 0
     shards: int = 0
     errors_by_kind: Counter = field(default_factory=Counter)
+    replicas: ReplicaTime = field(default_factory=lambda: ReplicaTime())
+
+
+@dataclass
+class ReplicaTime:
+    """Model replicas' time summed over the batches whose results reached the driver (operators.generate)."""
+
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+    generate_s: float = 0.0
+    replica_ids: set[str] = field(default_factory=set)
+
+    def add(self, table: pa.Table) -> None:
+        if "_replica_stats" not in table.column_names:
+            return
+        for value in table.column("_replica_stats").to_pylist():
+            if value is None:
+                continue
+            stats = json.loads(value)
+            self.busy_s += float(stats["busy_s"])
+            self.idle_s += float(stats["idle_s"])
+            self.generate_s += float(stats["generate_s"])
+            self.replica_ids.add(str(stats["replica"]))
+
+    @property
+    def idle_share(self) -> float:
+        total = self.busy_s + self.idle_s
+        return self.idle_s / total if total > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "replicas": len(self.replica_ids),
+            "busy_s": round(self.busy_s, 3),
+            "generate_s": round(self.generate_s, 3),
+            "idle_waiting_for_input_s": round(self.idle_s, 3),
+            "idle_share": round(self.idle_share, 4),
+        }
 
 
 class ShardCommitter:
@@ -149,6 +187,8 @@ class ShardCommitter:
         self.stats = CommitStats()
 
     def add(self, table: pa.Table) -> None:
+        # Before the split by shard: a batch's stats ride on one row, whichever shard that row belongs to.
+        self.stats.replicas.add(table)
         shard_ids = table.column("shard_id").to_pylist()
         expected = table.column("shard_rows").to_pylist()
         per_input = "input_rows" in table.column_names

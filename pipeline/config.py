@@ -112,6 +112,7 @@ class JobConfig:
     files_per_shard: int = 256
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
+    compile: bool = False
     max_image_pixels: int = 64_000_000
     max_error_rate: float = 0.1
     s3_endpoint_url: str | None = None
@@ -148,6 +149,8 @@ class JobConfig:
             _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_attention_installed(self.attn_implementation)
+        _check_type("compile", self.compile, bool)
         _check_type("overwrite", self.overwrite, bool)
         _check_type("trust_remote_code", self.trust_remote_code, bool)
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
@@ -209,6 +212,19 @@ def check_grouping(group_by: str | None, order_by: str | None) -> None:
     if order_by is not None and group_by == GROUP_BY_FOLDER:
         raise ConfigError(
             f"order_by: {order_by!r} cannot be used with --group-by folder; a folder's images are in file-name order"
+        )
+
+
+def check_attention_installed(attn_implementation: str) -> None:
+    """flash_attention_2 needs the flash-attn package; without it every replica would fail to load the model
+    after the cluster started and data began to flow, so refuse it up front."""
+    import importlib.util
+
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "attn_implementation: 'flash_attention_2' needs the flash-attn package, which is not installed in "
+            "this environment; install it (`pip install flash-attn`, on a CUDA machine, in the driver's and the "
+            "workers' environment) or use --attn-implementation sdpa"
         )
 
 

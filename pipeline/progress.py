@@ -79,4 +79,19 @@ def summary_text(result: Any) -> str:
         f"  throughput        {rate:.2f} images/s, {token_rate:.1f} tokens/s",
         f"  output            {result.output_uri}",
     ]
+    replica_line = replica_time_text(getattr(result, "replica_time", None))
+    if replica_line:
+        lines.insert(-1, replica_line)
     return "\n".join(lines)
+
+
+def replica_time_text(replica_time: dict[str, Any] | None) -> str | None:
+    """`model replicas: 2, busy 80.1 s, idle waiting for input 3.2 s (3.8%)`: idle near 0 means the CPU side kept
+    the model fed; a large share means more preprocessing workers (or fewer replicas) would pay."""
+    if not replica_time:
+        return None
+    return (
+        f"  model replicas    {replica_time['replicas']}: busy {replica_time['busy_s']:.1f} s, "
+        f"idle waiting for input {replica_time['idle_waiting_for_input_s']:.1f} s "
+        f"({100 * replica_time['idle_share']:.1f}%)"
+    )

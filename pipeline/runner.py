@@ -64,6 +64,8 @@ class JobResult:
     skipped_rows: int | None
     elapsed: float
     output_tokens: int
+    # Model replicas' busy and idle seconds (pipeline.commit.ReplicaTime.to_dict); empty when none ran.
+    replica_time: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -141,6 +143,7 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
         skipped_rows=skipped_rows,
         elapsed=time.monotonic() - started,
         output_tokens=stats.output_tokens,
+        replica_time=stats.replicas.to_dict() if stats.replicas.replica_ids else {},
     )
     # 4. The manifest is written last: its presence says this run finished.
     write_manifest(plan, result, started_at)
@@ -166,6 +169,7 @@ def write_manifest(plan: JobPlan, result: JobResult, started_at: datetime) -> No
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "elapsed_s": round(result.elapsed, 3),
         "images_per_s": round(result.rows / result.elapsed, 3) if result.elapsed > 0 else None,
+        "model_replicas": result.replica_time or None,
     }
     write_text(
         join_uri(plan.output_uri, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str), plan.options

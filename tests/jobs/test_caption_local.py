@@ -1,6 +1,7 @@
 """The caption job end to end on local files: Ray Data, CPU and model actor pools, Parquet output."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -61,11 +62,30 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     assert "rows written      6" in summary and "rows with errors  1 (decode: 1)" in summary
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["counts"]["rows_written"] == 6 and manifest["counts"]["errors_by_kind"] == {"decode": 1}
+    # The model replicas' time: busy on batches, idle waiting for input, within the run's wall time.
+    replicas = manifest["model_replicas"]
+    assert replicas["replicas"] == 1
+    assert 0 < replicas["generate_s"] <= replicas["busy_s"]
+    assert replicas["idle_waiting_for_input_s"] >= 0
+    assert replicas["busy_s"] + replicas["idle_waiting_for_input_s"] <= manifest["elapsed_s"] * 1 + 0.5
+    total = replicas["busy_s"] + replicas["idle_waiting_for_input_s"]
+    # busy and idle are rounded to 1 ms in the manifest, the share is computed before rounding.
+    assert replicas["idle_share"] == pytest.approx(
+        replicas["idle_waiting_for_input_s"] / total, abs=0.002 / total + 1e-4
+    )
+    line = re.search(
+        r"model replicas    1: busy ([\d.]+) s, idle waiting for input ([\d.]+) s \(([\d.]+)%\)", summary
+    )
+    assert line, summary
+    assert float(line.group(1)) == pytest.approx(replicas["busy_s"], abs=0.05)
+    assert float(line.group(2)) == pytest.approx(replicas["idle_waiting_for_input_s"], abs=0.05)
 
     # A second run into the same output neither appends nor redoes: every id is still there exactly once.
     before = {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")}
     assert main(argv) == 0
-    assert "already committed 3 shard(s), 6 rows (skipped)" in capsys.readouterr().out
+    rerun_summary = capsys.readouterr().out
+    assert "already committed 3 shard(s), 6 rows (skipped)" in rerun_summary
+    assert "model replicas" not in rerun_summary  # no batch reached a replica
     assert sorted(read_rows(output)) == expected_ids
     assert {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")} == before
 
@@ -121,6 +141,11 @@ def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
         (["--batch-size", "0"], "batch_size: 0 is out of range"),
         (["--replicas", "3:1"], "replicas: '3:1' must satisfy"),
         (["--model", "/nonexistent/model"], "is not a model directory"),
+        # flash-attn is not installed in the test environment.
+        (
+            ["--attn-implementation", "flash_attention_2"],
+            "'flash_attention_2' needs the flash-attn package, which is not installed",
+        ),
     ],
 )
 def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, changes, message):

@@ -1,12 +1,13 @@
 """The model operator: per-prompt decoding overrides, finish reasons, and out-of-memory split-and-retry."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from operators.generate import Generate, merge_generation
+from operators.generate import REPLICA_STATS_COLUMN, Generate, ReplicaClock, merge_generation
 from operators.preprocess import PreprocessForModel
 from tests.support.images import SIZES, image_bytes
 
@@ -97,3 +98,60 @@ def test_image_count_must_match_the_prompt(llava):
     out = preprocess({"id": np.array(["a", "b"], dtype=object), "image_bytes": data, "prompt": prompts})
     assert out["error"][0] is None and out["num_image_tokens"][0] == 2 * 16
     assert out["error"][1] == "preprocess: the prompt has 2 image placeholder(s) but the row has 1 image(s)"
+
+
+def test_replica_clock_counts_idle_between_calls_and_busy_within_them():
+    clock = ReplicaClock(now=100.0)  # model loaded at t=100
+    idle = clock.start_call(now=103.0)  # first batch arrives 3 s later
+    clock.generate_s += 1.5
+    first = clock.end_call(idle, now=105.0)
+    assert (first["idle_s"], first["busy_s"], first["generate_s"]) == (3.0, 2.0, 1.5)
+    idle = clock.start_call(now=105.25)
+    second = clock.end_call(idle, now=106.0)
+    assert (second["idle_s"], second["busy_s"], second["generate_s"]) == (0.25, 0.75, 0.0)
+    assert first["replica"] == second["replica"] != ReplicaClock().replica_id
+
+
+def test_each_batch_reports_its_replica_time_on_its_first_row(llava):
+    preprocess, generate = llava
+    batch = prepared(preprocess, count=3)
+    first = generate(batch)
+    time.sleep(0.3)  # the replica waits for its next input
+    second = generate(batch)
+    for out in (first, second):
+        assert out[REPLICA_STATS_COLUMN][1:].tolist() == [None, None]
+    first_stats, second_stats = (json.loads(out[REPLICA_STATS_COLUMN][0]) for out in (first, second))
+    assert first_stats["replica"] == second_stats["replica"]
+    assert 0 < second_stats["generate_s"] <= second_stats["busy_s"]
+    assert 0.3 <= second_stats["idle_s"] < 0.3 + first_stats["busy_s"] + 1.0
+    assert list(second["generated_text"]) == list(first["generated_text"])
+
+
+def test_compile_runs_generate_on_a_static_cache_through_the_compiled_step(tiny_models, llava, monkeypatch):
+    """The plumbing of --compile, and that a static cache gives the same text. Compiling itself takes over a
+    minute on this CPU for a tiny model, so the compiled step is recorded here, not compiled (checked by hand:
+    the compiled run gave the same texts)."""
+    from transformers.cache_utils import StaticCache
+
+    preprocess, plain = llava
+    compiled = Generate(str(tiny_models["llava"]), generate_kwargs=GREEDY, dtype="float32", compile=True)
+    config = compiled.model.generation_config
+    assert config.cache_implementation == "static"
+    assert config.compile_config.mode == "default" and config.compile_config._compile_all_devices  # CPU
+    caches = []
+
+    def record_compiled_call(compile_config):
+        caches.append(compile_config)
+        return compiled.model.__call__  # what torch.compile would wrap
+
+    monkeypatch.setattr(compiled.model, "get_compiled_call", record_compiled_call)
+    original_criteria = type(compiled.model)._valid_auto_compile_criteria
+
+    def criteria(model_kwargs, generation_config):
+        caches.append(type(model_kwargs.get("past_key_values") or model_kwargs.get("cache")))
+        return original_criteria(compiled.model, model_kwargs, generation_config)
+
+    monkeypatch.setattr(compiled.model, "_valid_auto_compile_criteria", criteria)
+    batch = prepared(preprocess, count=3)
+    assert list(compiled(batch)["generated_text"]) == list(plain(batch)["generated_text"])
+    assert StaticCache in caches and config.compile_config in caches

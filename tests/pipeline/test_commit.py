@@ -142,3 +142,25 @@ def test_a_shard_whose_inputs_expand_to_unknown_row_counts_waits_for_every_input
     assert "input_rows" not in table.schema.names and committer.stats.rows == 4
     with pytest.raises(RuntimeError, match="after it was committed"):
         committer.add(question_rows("s1", {"a.png": ([1], 3)}, shard_inputs=2))
+
+
+def test_replica_time_is_summed_over_batches_and_not_written(tmp_path):
+    committer = ShardCommitter(str(tmp_path), OPTIONS)
+    stats = [
+        {"replica": "a", "busy_s": 2.0, "idle_s": 0.5, "generate_s": 1.5},
+        {"replica": "b", "busy_s": 3.0, "idle_s": 1.5, "generate_s": 2.5},
+        {"replica": "a", "busy_s": 1.0, "idle_s": 0.0, "generate_s": 0.5},
+    ]
+    for index, shard_id in enumerate(["s1", "s2"]):
+        rows = result_rows(shard_id, [f"{shard_id}-x", f"{shard_id}-y"], expected=2)
+        column = [json.dumps(stats[index]), None] if index == 0 else [json.dumps(s) for s in stats[1:]]
+        committer.add(rows.append_column("_replica_stats", pa.array(column, pa.string())))
+    assert committer.stats.replicas.to_dict() == {
+        "replicas": 2,
+        "busy_s": 6.0,
+        "generate_s": 4.5,
+        "idle_waiting_for_input_s": 2.0,
+        "idle_share": 0.25,
+    }
+    for shard_id in ("s1", "s2"):
+        assert "_replica_stats" not in pq.read_table(tmp_path / part_name(shard_id)).schema.names

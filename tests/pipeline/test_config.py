@@ -95,3 +95,35 @@ def test_credentials_in_urls_are_redacted_from_the_config_record():
     record = str(config.to_dict())
     assert "s3cr3t" not in record and "AKIA" not in record
     assert config.to_dict()["s3_endpoint_url"] == "http://***@minio:9000"
+
+
+def test_flash_attention_without_flash_attn_is_refused_with_the_fix(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError) as error:
+        CaptionConfig(**BASE, attn_implementation="flash_attention_2")
+    assert "pip install flash-attn" in str(error.value) and "--attn-implementation sdpa" in str(error.value)
+    assert CaptionConfig(**BASE, attn_implementation="sdpa").attn_implementation == "sdpa"
+
+
+def test_compile_is_off_by_default_and_reaches_the_model_stage():
+    from jobs.caption import caption_stages
+    from pipeline.model_families import ModelInfo
+    from pipeline.ray_cluster import ClusterResources
+    from pipeline.storage import StorageOptions
+
+    assert CaptionConfig(**BASE).compile is False
+    with pytest.raises(ConfigError, match="compile"):
+        CaptionConfig(**BASE, compile="yes")
+    model = ModelInfo("/models/tiny", "llava", "llava", "llama", "clip_vision_model")
+    resources = ClusterResources(cpus=2, gpus=0, local=True)
+    for value in (False, True):
+        stages = caption_stages(CaptionConfig(**BASE, compile=value), model, resources, StorageOptions())
+        generate = next(stage for stage in stages if stage.name == "generate")
+        assert generate.constructor_kwargs["compile"] is value

@@ -1,0 +1,112 @@
+"""Stages every job builds the same way: read shards, and one model call (preprocess on CPU actors, then generate
+on the model replicas). A job composes them; the settings come from the shared JobConfig."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import ConfigError, JobConfig
+from pipeline.model_families import ModelInfo
+from pipeline.ray_cluster import ClusterResources
+from pipeline.readers import ReadSpec
+from pipeline.stages import CpuShares, Stage
+from pipeline.storage import StorageOptions
+
+# Rows per preprocessing call: large enough to amortise the call, small enough to keep blocks light.
+PREPROCESS_BATCH_ROWS = 16
+
+
+def resolve_gpus_per_replica(config: JobConfig, resources: ClusterResources) -> int:
+    """Default: one GPU per replica when the cluster has GPUs, else run the replicas on CPU."""
+    if config.gpus_per_replica is None:
+        return 1 if resources.gpus >= 1 else 0
+    if config.gpus_per_replica > 0 and resources.local and resources.gpus < config.gpus_per_replica:
+        raise ConfigError(
+            f"gpus_per_replica: {config.gpus_per_replica} GPUs asked per replica but this machine's Ray sees "
+            f"{resources.gpus:g}; use --gpus-per-replica 0 to run on CPU, or join a GPU cluster with --address"
+        )
+    return config.gpus_per_replica
+
+
+def read_spec(config: JobConfig) -> ReadSpec:
+    return ReadSpec(
+        image_column=config.image_column,
+        id_column=config.id_column,
+        keep_columns=config.keep_columns,
+        sample=config.sample,
+        seed=config.seed,
+        group_by=config.group_by,
+        order_by=config.order_by,
+    )
+
+
+def read_stage(config: JobConfig, options: StorageOptions, shares: CpuShares) -> Stage:
+    from pipeline.readers import read_shards
+
+    return Stage(
+        "read",
+        read_shards,
+        batch_size=1,
+        num_cpus=shares.read,
+        fn_kwargs={"options": options, "spec": read_spec(config)},
+    )
+
+
+def model_call_stages(
+    config: JobConfig,
+    model: ModelInfo,
+    shares: CpuShares,
+    gpus: int,
+    *,
+    generate_kwargs: dict[str, Any],
+    name: str = "",
+    visual_prompt_field: str | None = None,
+    keep_image_bytes: bool = False,
+) -> list[Stage]:
+    """preprocess -> generate, as two actor pools. `name` suffixes the stage names when a job calls the model
+    more than once (instruct: questions, then each turn)."""
+    from operators.generate import Generate
+    from operators.preprocess import PreprocessForModel
+    from pipeline.prompt_formats import fallback_chat_template
+
+    suffix = f"-{name}" if name else ""
+    return [
+        Stage(
+            f"preprocess{suffix}",
+            PreprocessForModel,
+            batch_size=PREPROCESS_BATCH_ROWS,
+            num_cpus=shares.preprocess,
+            pool=(1, config.preprocess_workers),
+            constructor_kwargs={
+                "model": config.model,
+                "max_image_pixels": config.max_image_pixels,
+                "fallback_chat_template": fallback_chat_template(model),
+                "trust_remote_code": config.trust_remote_code,
+                "visual_prompt_field": visual_prompt_field,
+                "keep_image_bytes": keep_image_bytes,
+            },
+        ),
+        Stage(
+            f"generate{suffix}",
+            Generate,
+            # A window of several batches per call, regrouped by prompt length inside the replica.
+            batch_size=config.batch_size * config.length_window,
+            num_cpus=shares.generate,
+            num_gpus=gpus,
+            pool=(config.replicas.min, config.replicas.max),
+            constructor_kwargs={
+                "model": config.model,
+                "generate_kwargs": generate_kwargs,
+                "seed": config.seed,
+                "dtype": config.dtype,
+                "attn_implementation": config.attn_implementation,
+                "compile": config.compile,
+                "trust_remote_code": config.trust_remote_code,
+                # A replica larger than one GPU: its layers spread evenly over its GPUs (pipeline.placement).
+                "device_map": "balanced" if gpus > 1 else None,
+                "rows_per_call": config.batch_size,
+                "max_batch_tokens": config.batch_tokens,
+                "group_by_length": config.length_window > 1,
+            },
+        ),
+    ]
