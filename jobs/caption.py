@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import logging
 
-from jobs.model_stages import model_call_stages, read_stage, resolve_gpus_per_replica
+from jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica, set_up_job
 from operators.prompts import expand_prompts
-from pipeline.config import CaptionConfig, ConfigError, JobConfig
-from pipeline.inputs import plan_shards
-from pipeline.model_families import ModelInfo, check_model_loadable, inspect_model, model_provenance
+from pipeline.config import CaptionConfig, JobConfig
+from pipeline.model_families import ModelInfo
 from pipeline.prompt_sets import PromptSpec
-from pipeline.ray_cluster import ClusterResources, configure_ray_data, connect
+from pipeline.ray_cluster import ClusterResources
 from pipeline.runner import JobPlan, JobResult, run_job
 from pipeline.stages import Stage, fit_cpu_shares
-from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
+from pipeline.storage import StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -85,40 +84,17 @@ def grouping(config: JobConfig) -> dict:
 
 
 def run_caption(config: CaptionConfig) -> JobResult:
-    """The whole job. Everything that can be checked (settings, model family, input listing) is checked before
-    Ray starts, so a typo costs seconds, not a cluster start."""
-    options = StorageOptions(config.s3_endpoint_url)
-    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
-    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
-    input_format, shards = plan_shards(
-        config.input,
-        options,
-        input_format=config.input_format,
-        files_per_shard=config.files_per_shard,
-        limit=config.limit,
-        group_by=config.group_by,
-    )
-    if not shards:
-        raise ConfigError(
-            f"input: nothing to read under {config.input!r} as {input_format} "
-            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
-        )
-    resources = connect(config.address)
-    configure_ray_data()
+    setup = set_up_job(config)
     plan = JobPlan(
         job="caption",
         output_uri=config.output,
-        options=options,
-        shards=shards,
-        stages=caption_stages(config, model, resources, options),
-        fingerprint=fingerprint(config, model),
+        options=setup.options,
+        shards=setup.shards,
+        stages=caption_stages(config, setup.model, setup.resources, setup.options),
+        fingerprint=fingerprint(config, setup.model),
         overwrite=config.overwrite,
         # A group of images is one row: the files listed do not tell how many rows a shard has.
         rows_per_input=None if config.group_by else len(prompt_specs(config)),
-        manifest_extra={
-            "config": config.to_dict(),
-            "input_format": input_format,
-            "model": model_provenance(model),
-        },
+        manifest_extra=setup.manifest_extra(config),
     )
     return run_job(plan)

@@ -91,7 +91,7 @@ def instruct_stages(
     cluster (pipeline.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
     """
     # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
-    from jobs.model_stages import model_call_stages, read_stage, resolve_gpus_per_replica
+    from jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica
     from operators.conversation import continue_conversation, finish_conversation, start_conversation
     from operators.parse_questions import explode_questions
     from operators.prompts import expand_prompts
@@ -218,47 +218,23 @@ def export_llava_json(output_uri: str, target: str, options: StorageOptions) -> 
 
 def run_instruct(config: InstructConfig) -> JobResult:
     """The whole job; settings, model and input are checked before Ray starts, as for caption."""
-    from pipeline.inputs import plan_shards
-    from pipeline.model_families import check_model_loadable, inspect_model, model_provenance
-    from pipeline.ray_cluster import configure_ray_data, connect
+    from jobs.common import set_up_job
     from pipeline.runner import JobPlan, run_job
-    from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
 
-    options = StorageOptions(config.s3_endpoint_url)
-    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
-    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
-    input_format, shards = plan_shards(
-        config.input,
-        options,
-        input_format=config.input_format,
-        files_per_shard=config.files_per_shard,
-        limit=config.limit,
-        group_by=config.group_by,
-    )
-    if not shards:
-        raise ConfigError(
-            f"input: nothing to read under {config.input!r} as {input_format} "
-            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
-        )
-    resources = connect(config.address)
-    configure_ray_data()
+    setup = set_up_job(config)
     plan = JobPlan(
         job="instruct",
         output_uri=config.output,
-        options=options,
-        shards=shards,
-        stages=instruct_stages(config, model, resources, options),
-        fingerprint=fingerprint(config, model),
+        options=setup.options,
+        shards=setup.shards,
+        stages=instruct_stages(config, setup.model, setup.resources, setup.options),
+        fingerprint=fingerprint(config, setup.model),
         overwrite=config.overwrite,
         rows_per_input=None,  # one row per parsed question: known per image only after the model wrote them
         output_table=functools.partial(instruct_output_table, keep_columns=config.keep_columns),
-        manifest_extra={
-            "config": config.to_dict(),
-            "input_format": input_format,
-            "model": model_provenance(model),
-        },
+        manifest_extra=setup.manifest_extra(config),
     )
     result = run_job(plan)
     if config.export_json:
-        export_llava_json(config.output, config.export_json, options)
+        export_llava_json(config.output, config.export_json, setup.options)
     return result

@@ -239,18 +239,25 @@ def redact_url(value: str | None) -> str | None:
     return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw mapping of a YAML job file; an error names the file when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {str(path)!r} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
 def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
     """Build `cls` from a YAML file (optional) with CLI overrides on top; unknown keys are errors."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config: file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
-            )
+        loaded = read_yaml_mapping(path)
         # `job` and `schedule` describe the file, not the job's settings (pipeline.job_files reads them).
         job = loaded.pop("job", None)
         loaded.pop("schedule", None)

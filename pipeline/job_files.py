@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.instruct import InstructConfig
-from pipeline.config import CaptionConfig, ConfigError, load_config
+from pipeline.config import CaptionConfig, ConfigError, load_config, read_yaml_mapping
 from pipeline.cron import CronError, parse_cron
 
 # Keys of a job file that belong to the file, not to the job's config (load_config leaves them out).
@@ -49,22 +47,9 @@ class JobFile:
     config: Any
 
 
-def read_file_keys(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw mapping of a job file (for the `job` / `schedule` keys; load_config validates the rest)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: file {str(path)!r} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(
-            f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
-        )
-    return loaded
-
-
 def load_job_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobFile:
     """Read and validate a whole job file: its job name, its schedule (if any) and its config."""
-    raw = read_file_keys(path)
+    raw = read_yaml_mapping(path)
     job = raw.get("job", DEFAULT_JOB)
     if job not in JOBS:
         raise ConfigError(f"job: {job!r} is not a job; choose one of {', '.join(sorted(JOBS))}")

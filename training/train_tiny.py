@@ -64,7 +64,7 @@ DEFAULT_SETTINGS: dict[str, TrainSettings] = {
         text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=3,
     ),
     "vipllava": TrainSettings(
-        steps=600, batch_size=32, lr=2e-3, train_samples=6000,
+        steps=3000, batch_size=32, lr=1e-3, train_samples=12000,
         text_hidden=128, text_layers=2, vision_hidden=48, vision_layers=None, image_size=48,
     ),
     "llava_interleave": TrainSettings(

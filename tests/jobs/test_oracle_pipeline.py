@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 HELD_OUT = 200
 BAR = 0.95
 # The families whose trained checkpoint ships in models/ (see training/README.md).
-SHIPPED = ["llava", "llava_next", "llava_interleave"]
+SHIPPED = ["llava", "llava_next", "vipllava", "llava_interleave"]
 
 
 def write_table(path, family: str) -> dict[str, str]:

@@ -1,19 +1,70 @@
-"""Stages every job builds the same way: read shards, and one model call (preprocess on CPU actors, then generate
-on the model replicas). A job composes them; the settings come from the shared JobConfig."""
+"""What every job does the same way: check the model and list the input before Ray starts (`set_up_job`), read
+shards, and call the model (preprocess on CPU actors, then generate on the model replicas). A job composes
+them; the settings come from the shared JobConfig."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ConfigError, JobConfig
 from pipeline.model_families import ModelInfo
 from pipeline.ray_cluster import ClusterResources
 from pipeline.readers import ReadSpec
+from pipeline.shards import Shard
 from pipeline.stages import CpuShares, Stage
-from pipeline.storage import StorageOptions
+from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
 
 # Rows per preprocessing call: large enough to amortise the call, small enough to keep blocks light.
 PREPROCESS_BATCH_ROWS = 16
+
+
+@dataclass(frozen=True)
+class JobSetup:
+    """A job's checked model, its planned input shards and the Ray cluster it runs on."""
+
+    options: StorageOptions
+    model: ModelInfo
+    input_format: str
+    shards: list[Shard]
+    resources: ClusterResources
+
+    def manifest_extra(self, config: JobConfig) -> dict[str, Any]:
+        from pipeline.model_families import model_provenance
+
+        return {
+            "config": config.to_dict(),
+            "input_format": self.input_format,
+            "model": model_provenance(self.model),
+        }
+
+
+def set_up_job(config: JobConfig) -> JobSetup:
+    """Everything that can be checked (settings, model family, input listing) is checked before Ray starts, so a
+    typo costs seconds, not a cluster start; then connect to (or start) Ray."""
+    from pipeline.inputs import plan_shards
+    from pipeline.model_families import check_model_loadable, inspect_model
+    from pipeline.ray_cluster import configure_ray_data, connect
+
+    options = StorageOptions(config.s3_endpoint_url)
+    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
+    input_format, shards = plan_shards(
+        config.input,
+        options,
+        input_format=config.input_format,
+        files_per_shard=config.files_per_shard,
+        limit=config.limit,
+        group_by=config.group_by,
+    )
+    if not shards:
+        raise ConfigError(
+            f"input: nothing to read under {config.input!r} as {input_format} "
+            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
+        )
+    resources = connect(config.address)
+    configure_ray_data()
+    return JobSetup(options, model, input_format, shards, resources)
 
 
 def resolve_gpus_per_replica(config: JobConfig, resources: ClusterResources) -> int:
