@@ -215,7 +215,6 @@ class Generate:
         )
         processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.tokenizer = processor.tokenizer
-        self.compiled = compile
         if compile:
             use_static_cache_and_compile(self.model)
         # uint8 pixels from PreprocessForModel are expanded to the processor's float32 values on the model's device.

@@ -73,10 +73,3 @@ def expand_pixels(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     channels = pixels.shape[-3]
     offsets = torch.arange(channels, device=pixels.device, dtype=torch.int64).view(channels, 1, 1) * 256
     return table.reshape(-1)[pixels.to(torch.int64) + offsets]
-
-
-def expand_pixels_numpy(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """The numpy twin of expand_pixels (CPU-side verification and benchmarks)."""
-    channels = pixels.shape[-3]
-    offsets = (np.arange(channels, dtype=np.int64) * 256).reshape(channels, 1, 1)
-    return table.reshape(-1)[pixels.astype(np.int64) + offsets]

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 from operators.batch import column, require_columns, row_count
 from operators.chat_template import Conversation, count_images, render_prompt, user_turn
@@ -19,7 +20,7 @@ from operators.decode import ImageDecodeError, decode_image
 from operators.pixel_transport import (
     RAW_PIXEL_KWARGS,
     as_uint8,
-    expand_pixels_numpy,
+    expand_pixels,
     pads_after_normalising,
     pixel_table,
 )
@@ -169,7 +170,7 @@ class PreprocessForModel:
         if not self.compact_verified:
             # Once per actor: the model side's table lookup must give the processor's own float32 pixels.
             full = self.processor(text=[text], images=images, return_tensors="np")["pixel_values"]
-            expanded = expand_pixels_numpy(pixels, self.pixel_table)
+            expanded = expand_pixels(torch.from_numpy(pixels), torch.from_numpy(self.pixel_table)).numpy()
             difference = np.abs(expanded - full).max() if expanded.shape == full.shape else np.inf
             if difference != 0:
                 logger.warning(

@@ -92,16 +92,27 @@ def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, 
     return {field.name: getattr(args, field.name) for field in fields(config_class) if field.init}
 
 
-def run_caption_command(args: argparse.Namespace) -> int:
-    from jobs.caption import run_caption
+def run_job(job: str, config: Any) -> int:
+    """Run one job (a name in pipeline.job_files.JOBS) in this process; Ray is shut down whatever happens."""
+    from pipeline.job_files import JOBS
     from pipeline.ray_cluster import shutdown
 
-    config = load_config(CaptionConfig, args.config, config_overrides(args, CaptionConfig))
     try:
-        result = run_caption(config)
+        result = JOBS[job].run_function()(config)
     finally:
         shutdown()
     return report_result(result, config.max_error_rate)
+
+
+def job_command(job: str) -> Callable[[argparse.Namespace], int]:
+    """The handler of `llava-batch JOB`: the config from --config and the flags, then the run."""
+    from pipeline.job_files import JOBS
+
+    def handler(args: argparse.Namespace) -> int:
+        config_class = JOBS[job].config_class
+        return run_job(job, load_config(config_class, args.config, config_overrides(args, config_class)))
+
+    return handler
 
 
 def report_result(result: Any, max_error_rate: float) -> int:
@@ -118,26 +129,6 @@ def report_result(result: Any, max_error_rate: float) -> int:
     return 0
 
 
-def run_instruct_command(args: argparse.Namespace) -> int:
-    from jobs.instruct import InstructConfig, run_instruct
-    from pipeline.ray_cluster import shutdown
-
-    config = load_config(InstructConfig, args.config, config_overrides(args, InstructConfig))
-    try:
-        result = run_instruct(config)
-    finally:
-        shutdown()
-    print(result.summary)
-    if result.error_rate > config.max_error_rate:
-        print(
-            f"llava-batch: error: {result.errors} of {result.rows} rows ({result.error_rate:.1%}) have errors, over "
-            f"--max-error-rate {config.max_error_rate:.1%}; the rows were written (see the `error` column).",
-            file=sys.stderr,
-        )
-        return EXIT_TOO_MANY_ERRORS
-    return 0
-
-
 def run_make_tiny_model(args: argparse.Namespace) -> int:
     from pipeline.tiny_models import build_tiny_model
 
@@ -147,16 +138,11 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def run_job_file(path: str) -> int:
-    """Run a job file (any job in pipeline.job_files.JOBS) once, in this process."""
-    from pipeline.job_files import JOBS, load_job_file
-    from pipeline.ray_cluster import shutdown
+    """Run a job file (any job in pipeline.job_files.JOBS, from its `job:` key) once, in this process."""
+    from pipeline.job_files import load_job_file
 
     job_file = load_job_file(path)
-    try:
-        result = JOBS[job_file.job].run_function()(job_file.config)
-    finally:
-        shutdown()
-    return report_result(result, getattr(job_file.config, "max_error_rate", 1.0))
+    return run_job(job_file.job, job_file.config)
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
@@ -286,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     caption = commands.add_parser("caption", help="caption every image under a prefix")
     add_config_flags(caption, CaptionConfig)
-    caption.set_defaults(handler=run_caption_command)
+    caption.set_defaults(handler=job_command("caption"))
 
     from jobs.instruct import InstructConfig
 
@@ -294,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "instruct", help="make LLaVA-style instruction data: the model asks questions per image, then answers"
     )
     add_config_flags(instruct, InstructConfig)
-    instruct.set_defaults(handler=run_instruct_command)
+    instruct.set_defaults(handler=job_command("instruct"))
 
     tiny = commands.add_parser(
         "make-tiny-model", help="build a tiny random-weight model offline (smoke tests)"
