@@ -1,7 +1,12 @@
 """Benchmark: the project's generation operator vs transformers.pipeline vs a per-image generate loop, on CPU.
 
 Run: python benchmarks/generation_vs_peers.py [--quick] [--batch-sizes 1 8 16] [--repeats 3] [--new-tokens 32]
-     [--threads 1]   (about 5 minutes on 2 shared cores; --quick: about 1 minute)
+     [--threads 1] [--prompts-per-image K]   (about 5 minutes on 2 shared cores; --quick: about 1 minute)
+
+`--prompts-per-image K` (default 1) asks each image K different questions, image-major, as a prompt set or
+`instruct` does; every variant then answers (image, prompt) rows and "images" below count those rows. The operator
+prefills each image once per call and continues every question from it (operators/prefix_sharing.py); the
+pipeline and the loop run every row whole.
 
 The model is a random-weight LLaVA-1.5 built offline with the transformers config classes and saved to a temp
 dir (Llama text model: hidden 1024, 8 layers; CLIP vision tower: hidden 768, 4 layers, 224 px in 14 px patches,
@@ -118,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads (default 1: what a Ray actor with num_cpus=1 gets, and steady on a shared machine)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompts-per-image",
+        type=int,
+        default=1,
+        help=f"questions per image, 1 to {len(shared.PROMPTS)}: rows are (image, prompt) pairs",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: batch sizes 1 2, 4 images, 4 tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -130,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if min(args.batch_sizes) < 1 or args.new_tokens < 1 or args.repeats < 1:
         parser.error("--batch-sizes, --new-tokens and --repeats must be at least 1")
+    if not 1 <= args.prompts_per_image <= len(shared.PROMPTS):
+        parser.error(f"--prompts-per-image: 1 to {len(shared.PROMPTS)}")
     return args
 
 
@@ -140,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"generation_vs_peers: {env['device']}, {env['torch_threads']} torch threads, torch {env['torch']}, "
         f"transformers {env['transformers']}, float32 greedy, {args.new_tokens} new tokens per image, "
-        f"batch sizes {args.batch_sizes}, {args.repeats} repeat(s)",
+        f"batch sizes {args.batch_sizes}, {args.repeats} repeat(s), {args.prompts_per_image} prompt(s) per image"
+        + (
+            " (images/s below = rows/s, a row being one image and one prompt)"
+            if args.prompts_per_image > 1
+            else ""
+        ),
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="llava-peers-bench-") as work:
@@ -156,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         largest = max(shared.images_for(size, args.min_images) for size in args.batch_sizes)
-        inputs = shared.write_inputs(Path(work) / "images", max(largest, args.loop_images), seed=args.seed)
+        images = -(-max(largest, args.loop_images) // args.prompts_per_image)
+        inputs = shared.write_inputs(Path(work) / "images", images, seed=args.seed)
+        inputs = inputs.with_prompts_per_image(args.prompts_per_image)
         runs = shared.measure_variants(
             model=operator.model,
             processor=preprocess.processor,

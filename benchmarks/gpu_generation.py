@@ -6,7 +6,8 @@ of the lent GPU machines; its tiny configuration is checked on CPU with transfor
     python benchmarks/gpu_generation.py --families llava --batch-sizes 1 8 32 64 --dtype float16
 Run the CPU smoke test (a tiny model of the same shape; what tests/benchmarks/test_gpu_script.py runs):
     python benchmarks/gpu_generation.py --config tiny
-Add --quick for one repeat and fewer images.
+Add --quick for one repeat and fewer images; --prompts-per-image K asks every image K questions (rows are then
+(image, prompt) pairs, and "images" in the report count rows), where the operator prefills each image once.
 
 For each family it builds a model with the REAL configuration of the checkpoint (written out below, no download)
 directly on the device in float16/bfloat16 with random weights, then measures, at each batch size:
@@ -57,7 +58,7 @@ import torch  # noqa: E402
 # Neither of these imports Ray: operators/ never does, and pipeline.tiny_models only imports the prompt formats.
 from operators import generate as generate_module  # noqa: E402
 from operators.batch import object_array  # noqa: E402
-from operators.generate import Generate  # noqa: E402
+from operators.generate import REPLICA_STATS_COLUMN, Generate  # noqa: E402
 from operators.preprocess import PreprocessForModel  # noqa: E402
 from pipeline.prompt_formats import FAMILY_FORMATS, chat_template  # noqa: E402
 from pipeline.tiny_models import build_tokenizer  # noqa: E402
@@ -400,6 +401,21 @@ class Inputs:
     def head(self, count: int) -> Inputs:
         return Inputs(self.ids[:count], self.paths[:count], self.payloads[:count], self.prompts[:count])
 
+    def with_prompts_per_image(self, count: int) -> Inputs:
+        """Each image under the first `count` PROMPTS, image-major, as a prompt set (`--prompts-file`) or the
+        questions of `instruct` reach the model: rows are then (image, prompt) pairs."""
+        if count == 1:
+            return self
+        if not 1 <= count <= len(PROMPTS):
+            raise ValueError(f"prompts per image: 1 to {len(PROMPTS)}, got {count}")
+        pairs = [(index, prompt) for index in range(len(self)) for prompt in PROMPTS[:count]]
+        return Inputs(
+            [f"{self.ids[index]}#{PROMPTS.index(prompt)}" for index, prompt in pairs],
+            [self.paths[index] for index, _ in pairs],
+            [self.payloads[index] for index, _ in pairs],
+            [prompt for _, prompt in pairs],
+        )
+
 
 def synthetic_jpeg(width: int, height: int, rng: np.random.Generator, quality: int = 90) -> bytes:
     """A photo-like JPEG: smooth colour gradients, a few flat shapes and sensor-like noise."""
@@ -503,7 +519,7 @@ def run_operator(
 ) -> VariantRun:
     """Rows go through the operators in batches of `batch_size`, as a Ray Data batch would."""
     texts: list[str] = []
-    prep_seconds = gen_seconds = 0.0
+    prep_seconds = gen_seconds = model_seconds = 0.0
     tokens = 0
     with GenerateSpy(generate.model) as spy:
         for start in range(0, len(inputs), batch_size):
@@ -524,13 +540,16 @@ def run_operator(
                 raise RuntimeError(f"the operator returned error rows: {failed[:3]}")
             texts.extend(str(text) for text in out["generated_text"])
             tokens += sum(int(count) for count in out["num_output_tokens"])
+            # The replica's own account of its time in the model: `model.generate` plus, where rows share an
+            # image, the prefill of that image, which runs as a plain forward call before `generate`.
+            model_seconds += json.loads(out[REPLICA_STATS_COLUMN][0])["generate_s"]
     return VariantRun(
         "operator",
         batch_size,
         len(inputs),
         gen_seconds,
         texts,
-        generate_seconds=spy.seconds,
+        generate_seconds=model_seconds,
         generate_rows=spy.rows,
         preprocess_seconds=prep_seconds,
         output_tokens=tokens,
@@ -758,6 +777,7 @@ def measure_family(
     repeats: int,
     work_dir: Path,
     log: Callable[[str], None],
+    prompts_per_image: int = 1,
 ) -> dict[str, Any]:
     """Builds the family's random model in memory, runs operator, pipeline and loop; returns the JSON rows."""
     began = time.perf_counter()
@@ -772,7 +792,10 @@ def measure_family(
     preprocess = PreprocessForModel(str(checkpoint_dir), max_image_pixels=MAX_IMAGE_PIXELS)
     operator = generate_operator_around(model, checkpoint_dir, fixed_length_kwargs(new_tokens))
     largest = max(images_for(size, min_images) for size in batch_sizes)
-    inputs = write_inputs(work_dir / f"{spec.family}-images", max(largest, loop_images))
+    images = -(-max(largest, loop_images) // prompts_per_image)
+    inputs = write_inputs(work_dir / f"{spec.family}-images", images).with_prompts_per_image(
+        prompts_per_image
+    )
     runs = measure_variants(
         model=model,
         processor=processor,
@@ -883,6 +906,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch CPU threads; default torch's own (tiny: 1, as ops that small only wait on a second thread)",
     )
+    parser.add_argument(
+        "--prompts-per-image",
+        type=int,
+        default=1,
+        help=f"questions per image, 1 to {len(PROMPTS)}: rows are (image, prompt) pairs",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer images: a smoke run")
     args = parser.parse_args(argv)
@@ -905,6 +934,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-sizes must be positive, got {args.batch_sizes}")
     if args.new_tokens < 1 or args.repeats < 1 or args.loop_images < 1 or args.min_images < 1:
         parser.error("--new-tokens, --repeats, --loop-images and --min-images must be at least 1")
+    if not 1 <= args.prompts_per_image <= len(PROMPTS):
+        parser.error(f"--prompts-per-image: 1 to {len(PROMPTS)}, got {args.prompts_per_image}")
     return args
 
 
@@ -918,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gpu_generation: config {args.config}, {env['device']}, {env['dtype']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {args.new_tokens} new tokens per image, "
-        f"batch sizes {args.batch_sizes}, {args.repeats} repeat(s)",
+        f"batch sizes {args.batch_sizes}, {args.repeats} repeat(s), {args.prompts_per_image} prompt(s) per image",
         flush=True,
     )
     specs = model_specs(args.config)
@@ -935,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
                 min_images=args.min_images,
                 loop_images=args.loop_images,
                 repeats=args.repeats,
+                prompts_per_image=args.prompts_per_image,
                 work_dir=Path(work),
                 log=lambda line: print(line, flush=True),
             )
@@ -949,6 +981,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "gpu_generation",
             "config": args.config,
             "new_tokens": args.new_tokens,
+            "prompts_per_image": args.prompts_per_image,
             "batch_sizes": args.batch_sizes,
             "repeats": args.repeats,
             "environment": env,

@@ -158,6 +158,7 @@ def model_call_stages(
                 "rows_per_call": config.batch_size,
                 "max_batch_tokens": config.batch_tokens,
                 "group_by_length": config.length_window > 1,
+                "share_image_prefix": config.share_image_prefix,
             },
         ),
     ]

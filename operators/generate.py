@@ -20,6 +20,14 @@ import torch
 from operators.batch import column, require_columns, row_count
 from operators.length_grouping import plan_generate_calls
 from operators.pixel_transport import expand_pixels, pixel_table
+from operators.prefix_sharing import (
+    SharedPrefixPlan,
+    cache_argument_name,
+    continuation_inputs,
+    plan_shared_prefixes,
+    prefill_prefixes,
+    prefix_key,
+)
 from operators.tensor_codec import unpack_arrays
 
 logger = logging.getLogger(__name__)
@@ -162,11 +170,13 @@ class ReplicaClock:
         self.ready_at = time.monotonic() if now is None else now
         self.call_started = self.ready_at
         self.generate_s = 0.0
+        self.prefills_saved = 0  # rows that continued from another row's image prefill (prefix_sharing)
 
     def start_call(self, now: float | None = None) -> float:
         """Marks the start of a call; returns the idle seconds before it."""
         self.call_started = time.monotonic() if now is None else now
         self.generate_s = 0.0
+        self.prefills_saved = 0
         return max(self.call_started - self.ready_at, 0.0)
 
     def end_call(self, idle_s: float, now: float | None = None) -> dict[str, Any]:
@@ -177,6 +187,7 @@ class ReplicaClock:
             "busy_s": round(self.ready_at - self.call_started, 6),
             "idle_s": round(idle_s, 6),
             "generate_s": round(self.generate_s, 6),
+            "prefills_saved": self.prefills_saved,
         }
 
 
@@ -198,11 +209,15 @@ class Generate:
         max_batch_tokens: int | None = None,
         group_by_length: bool = True,
         compile: bool = False,
+        share_image_prefix: bool = True,
     ) -> None:
         """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
 
         `rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
-        prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch."""
+        prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch.
+
+        `share_image_prefix`: rows of a call that show the same image(s) before their own prompt text prefill
+        that prefix once (operators.prefix_sharing). Not with `compile`, whose static cache is made per call."""
         from operators.preprocess import load_processor
 
         self.model_name = model
@@ -226,6 +241,8 @@ class Generate:
         self.rows_per_call = rows_per_call
         self.max_batch_tokens = max_batch_tokens
         self.group_by_length = group_by_length
+        self.image_token_id = getattr(self.model.config, "image_token_id", None)
+        self.share_image_prefix = share_image_prefix and not compile and self.image_token_id is not None
         # Rows per generate call that fit in memory, learned per prompt-length bucket after an OOM.
         self.max_rows_by_length: dict[int, int] = {}
         config = self.model.generation_config
@@ -265,18 +282,25 @@ class Generate:
             unpacked = {index: unpack_arrays(batch["model_inputs"][index]) for index in group}
             kwargs = merge_generation(self.generate_kwargs, json.loads(override) if override else {})
             lengths = [len(unpacked[index]["input_ids"]) for index in group]
+            keys = (
+                [prefix_key(unpacked[index], self.image_token_id) for index in group]
+                if self.share_image_prefix
+                else None
+            )
             calls = plan_generate_calls(
                 lengths,
                 max_rows=self.rows_per_call or len(group),
                 max_tokens=self.max_batch_tokens,
                 group_by_length=self.group_by_length,
+                keep_together=keys,
             )
             for call in calls:
                 indices = [group[position] for position in call]
                 rows = [unpacked[index] for index in indices]
                 ids = [str(batch["id"][index]) if "id" in batch else str(index) for index in indices]
+                call_keys = None if keys is None else [keys[position] for position in call]
                 try:
-                    results = self.generate_with_backoff(rows, ids, kwargs)
+                    results = self.generate_with_backoff(rows, ids, kwargs, call_keys)
                 except Exception as error:  # a failing call becomes error rows, the replica keeps serving
                     logger.exception("generation failed for a batch of %d rows", len(rows))
                     results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
@@ -294,7 +318,11 @@ class Generate:
         return out
 
     def generate_with_backoff(
-        self, rows: list[dict[str, np.ndarray]], ids: list[str], kwargs: dict[str, Any]
+        self,
+        rows: list[dict[str, np.ndarray]],
+        ids: list[str],
+        kwargs: dict[str, Any],
+        prefix_keys: list[bytes | None] | None = None,
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """Generate in chunks; on out-of-memory, halve the chunk and retry, and remember the smaller size for
         batches of similar length (the same power-of-two bucket of the longest prompt)."""
@@ -305,8 +333,11 @@ class Generate:
         while start < len(rows):
             chunk = rows[start : start + limit]
             try:
+                keys = None if prefix_keys is None else prefix_keys[start : start + limit]
                 results.extend(
-                    self.generate_rows(chunk, seed_key="|".join(ids[start : start + limit]), **kwargs)
+                    self.generate_rows(
+                        chunk, seed_key="|".join(ids[start : start + limit]), prefix_keys=keys, **kwargs
+                    )
                 )
             except torch.OutOfMemoryError:
                 if limit == 1:
@@ -322,25 +353,55 @@ class Generate:
 
     @torch.inference_mode()
     def generate_rows(
-        self, rows: list[dict[str, np.ndarray]], *, seed_key: str = "", **generate_kwargs: Any
+        self,
+        rows: list[dict[str, np.ndarray]],
+        *,
+        seed_key: str = "",
+        prefix_keys: list[bytes | None] | None = None,
+        **generate_kwargs: Any,
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
-        """(text, num_output_tokens, finish_reason, error) per row, in order."""
-        device = self.model.device
+        """(text, num_output_tokens, finish_reason, error) per row, in order. With `prefix_keys` (from
+        operators.prefix_sharing.prefix_key), rows sharing an image prefix prefill it once."""
+        plan = None
+        if prefix_keys is not None and self.padding_side == "left":
+            plan = plan_shared_prefixes(rows, prefix_keys, self.image_token_id)
         rows = [self.expand_row_pixels(row) for row in rows]
-        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=self.padding_side)
-        floating = self.model.dtype
-        inputs = {
-            name: tensor.to(device, dtype=floating if tensor.is_floating_point() else tensor.dtype)
-            for name, tensor in inputs.items()
-        }
         # Sampling is seeded per batch from the row ids, so a re-run of the same batch samples the same text.
         torch.manual_seed(zlib.crc32(f"{self.seed}|{seed_key}".encode()))
-        kwargs = generate_kwargs or self.generate_kwargs
+        kwargs = {**(generate_kwargs or self.generate_kwargs), "pad_token_id": self.pad_token_id}
         started = time.monotonic()
-        output = self.model.generate(**inputs, **kwargs, pad_token_id=self.pad_token_id)
+        if plan is None:
+            inputs = self.collate_on_device(rows, self.padding_side)
+            output = self.model.generate(**inputs, **kwargs)
+        else:
+            inputs, cache = self.prefill_shared_prefixes(rows, plan)
+            self.clock.prefills_saved += len(plan.group) - len(plan.representatives)
+            output = self.model.generate(**inputs, **kwargs, **{cache_argument_name(self.model): cache})
         self.clock.generate_s += time.monotonic() - started
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._finish(tokens) for tokens in new_tokens]
+
+    def collate_on_device(self, rows: list[dict[str, Any]], padding_side: str) -> dict[str, torch.Tensor]:
+        inputs = left_pad_collate(rows, self.pad_token_id, padding_side=padding_side)
+        floating = self.model.dtype
+        return {
+            name: tensor.to(self.model.device, dtype=floating if tensor.is_floating_point() else tensor.dtype)
+            for name, tensor in inputs.items()
+        }
+
+    def prefill_shared_prefixes(
+        self, rows: list[dict[str, Any]], plan: SharedPrefixPlan
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """Prefill each distinct image prefix once; returns the inputs `generate` continues from (prefix +
+        each row's own tokens) and the KV cache holding the prefixes, one batch entry per row."""
+        prefixes = [
+            {**rows[index], "input_ids": rows[index]["input_ids"][: plan.prefix_lengths[index]]}
+            for index in plan.representatives
+        ]
+        prefix_batch = self.collate_on_device(prefixes, "left")
+        cache = prefill_prefixes(self.model, prefix_batch, plan)
+        input_ids, attention_mask = continuation_inputs(rows, plan, prefix_batch, self.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}, cache
 
     def expand_row_pixels(self, row: dict[str, np.ndarray]) -> dict[str, Any]:
         """A row's uint8 pixels as the processor's float32 values on the model's device; float32 rows as they are.

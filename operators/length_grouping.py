@@ -6,7 +6,7 @@ LLaVA-NeXT rows, whose image-token counts differ by thousands, stop padding each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
 def plan_generate_calls(
@@ -15,13 +15,28 @@ def plan_generate_calls(
     max_rows: int,
     max_tokens: int | None = None,
     group_by_length: bool = True,
+    keep_together: Sequence[Hashable | None] | None = None,
 ) -> list[list[int]]:
     """Row indices per generate call: at most `max_rows` rows, and at most `max_tokens` padded prompt tokens
-    (rows x longest prompt) when a token budget is set. A row longer than the budget still gets a call alone."""
-    order = (
-        sorted(range(len(lengths)), key=lambda index: lengths[index])
-        if group_by_length
-        else range(len(lengths))
+    (rows x longest prompt) when a token budget is set. A row longer than the budget still gets a call alone.
+
+    Rows with an equal, non-None `keep_together` key (the same image under several prompts) stay adjacent, so
+    they land in one call and share its image prefill (operators.prefix_sharing) unless a call boundary cuts them."""
+    keys = keep_together if keep_together is not None else [None] * len(lengths)
+    first: dict[Hashable, int] = {}
+    longest: dict[Hashable, int] = {}
+    for index, key in enumerate(keys):
+        if key is not None:
+            first.setdefault(key, index)
+            longest[key] = max(longest.get(key, 0), lengths[index])
+    # A group sorts as one unit: under its longest prompt, then its first row's position.
+    anchor = [index if key is None else first[key] for index, key in enumerate(keys)]
+    sort_length = [lengths[index] if key is None else longest[key] for index, key in enumerate(keys)]
+    order = sorted(
+        range(len(lengths)),
+        key=lambda index: (
+            (sort_length[index], anchor[index], index) if group_by_length else (anchor[index], index)
+        ),
     )
     calls: list[list[int]] = []
     current: list[int] = []

@@ -53,6 +53,7 @@ FIELD_HELP = {
     "dtype": "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU",
     "attn_implementation": "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)",
     "compile": "static KV cache + torch.compile of the decoding step (GPU; compiles once per batch shape)",
+    "share_image_prefix": "rows showing the same image(s) under several prompts prefill the image once (not with --compile)",
     "max_image_pixels": "images with more pixels become error rows (decompression-bomb guard)",
     "max_error_rate": "exit with code 3 (after writing everything) when a larger share of rows has errors",
     "s3_endpoint_url": "S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",

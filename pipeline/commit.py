@@ -131,6 +131,7 @@ class ReplicaTime:
     busy_s: float = 0.0
     idle_s: float = 0.0
     generate_s: float = 0.0
+    prefills_saved: int = 0
     replica_ids: set[str] = field(default_factory=set)
 
     def add(self, table: pa.Table) -> None:
@@ -143,6 +144,7 @@ class ReplicaTime:
             self.busy_s += float(stats["busy_s"])
             self.idle_s += float(stats["idle_s"])
             self.generate_s += float(stats["generate_s"])
+            self.prefills_saved += int(stats.get("prefills_saved", 0))
             self.replica_ids.add(str(stats["replica"]))
 
     @property
@@ -157,6 +159,7 @@ class ReplicaTime:
             "generate_s": round(self.generate_s, 3),
             "idle_waiting_for_input_s": round(self.idle_s, 3),
             "idle_share": round(self.idle_share, 4),
+            "image_prefills_saved": self.prefills_saved,
         }
 
 

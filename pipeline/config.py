@@ -113,6 +113,7 @@ class JobConfig:
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     compile: bool = False
+    share_image_prefix: bool = True
     max_image_pixels: int = 64_000_000
     max_error_rate: float = 0.1
     s3_endpoint_url: str | None = None
@@ -151,6 +152,7 @@ class JobConfig:
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_attention_installed(self.attn_implementation)
         _check_type("compile", self.compile, bool)
+        _check_type("share_image_prefix", self.share_image_prefix, bool)
         _check_type("overwrite", self.overwrite, bool)
         _check_type("trust_remote_code", self.trust_remote_code, bool)
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)

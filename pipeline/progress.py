@@ -90,8 +90,10 @@ def replica_time_text(replica_time: dict[str, Any] | None) -> str | None:
     the model fed; a large share means more preprocessing workers (or fewer replicas) would pay."""
     if not replica_time:
         return None
+    saved = replica_time.get("image_prefills_saved", 0)
     return (
         f"  model replicas    {replica_time['replicas']}: busy {replica_time['busy_s']:.1f} s, "
         f"idle waiting for input {replica_time['idle_waiting_for_input_s']:.1f} s "
         f"({100 * replica_time['idle_share']:.1f}%)"
+        + (f"; {saved} rows reused another row's image prefill" if saved else "")
     )

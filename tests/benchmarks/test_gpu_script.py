@@ -21,9 +21,8 @@ FAMILIES = ("llava", "llava_next", "llava_interleave")
 BATCH_SIZES = (1, 4)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("gpu-script")
+def run_script(tmp: Path, *options: str) -> dict[str, Any]:
+    """The tiny configuration on CPU in a subprocess that cannot import Ray; the JSON report and stdout."""
     # A `ray` that cannot be imported: the GPU machines the script is for have no Ray.
     no_ray = tmp / "no_ray"
     (no_ray / "ray").mkdir(parents=True)
@@ -38,10 +37,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "CUDA_VISIBLE_DEVICES": "",
     }
     command = [sys.executable, str(SCRIPT), "--config", "tiny", "--device", "cpu", "--repeats", "1"]
-    command += ["--batch-sizes", *map(str, BATCH_SIZES), "--json-out", str(report_path)]
+    command += [*options, "--json-out", str(report_path)]
     completed = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     return {"report": json.loads(report_path.read_text()), "stdout": completed.stdout}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_script(tmp_path_factory.mktemp("gpu-script"), "--batch-sizes", *map(str, BATCH_SIZES))
 
 
 def rows(report: dict[str, Any], variant: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -99,3 +103,26 @@ def test_printed_table_has_a_line_per_variant_with_positive_rate(run: dict[str, 
     }
     assert all(float(cells[3]) > 0 for cells in table)
     assert any(line.startswith("SUMMARY gpu_generation: operator llava b1") for line in lines)
+
+
+def test_several_prompts_per_image_share_the_image_and_agree_with_the_loop(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    run = run_script(
+        tmp_path_factory.mktemp("gpu-script-prompts"),
+        *("--families", "llava", "--batch-sizes", "4", "--prompts-per-image", "2", "--loop-images", "4"),
+    )
+    report = run["report"]
+    assert report["prompts_per_image"] == 2
+    operator = rows(report, "operator")[("llava", 4)]
+    assert operator["generate_rows_per_call"] == [4]
+    # 4 rows = 2 images x 2 prompts; the loop ran the same 4 rows one by one.
+    assert report["agreement"] == [
+        {
+            **report["agreement"][0],
+            "family": "llava",
+            "batch_size": 4,
+            "rows_compared": 4,
+            "operator_vs_loop": 1.0,
+        }
+    ]

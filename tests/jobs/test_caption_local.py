@@ -65,6 +65,7 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     # The model replicas' time: busy on batches, idle waiting for input, within the run's wall time.
     replicas = manifest["model_replicas"]
     assert replicas["replicas"] == 1
+    assert replicas["image_prefills_saved"] == 0  # one prompt per image: nothing to share
     assert 0 < replicas["generate_s"] <= replicas["busy_s"]
     assert replicas["idle_waiting_for_input_s"] >= 0
     assert replicas["busy_s"] + replicas["idle_waiting_for_input_s"] <= manifest["elapsed_s"] * 1 + 0.5
@@ -178,12 +179,13 @@ def test_unsupported_model_family_is_refused(tmp_path, capsys):
     assert "model_type 'bert' is not a LLaVA family" in capsys.readouterr().err
 
 
-def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models):
+def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models, capsys):
     folder = tmp_path / "in"
     write_images(folder, 5)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text(
         "- id: short\n  text: Name it.\n  max_new_tokens: 2\n- id: long\n  text: Describe it.\n"
+        "- id: what\n  text: What is in this picture?\n"
     )
     output = tmp_path / "out"
     argv = ["caption", "--input", str(folder), "--output", str(output), "--model", str(tiny_models["llava"])]
@@ -191,11 +193,18 @@ def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models):
     assert main(argv) == 0
     rows = pq.read_table(output).to_pylist()
     expected = sorted(
-        f"img-00{i}.{ext}#{p}" for i, ext in [(0, "png"), (1, "jpg"), (2, "png")] for p in ("short", "long")
+        f"img-00{i}.{ext}#{p}"
+        for i, ext in [(0, "png"), (1, "jpg"), (2, "png")]
+        for p in ("short", "long", "what")
     )
     assert sorted(row["id"] for row in rows) == expected
     assert all(row["num_output_tokens"] <= 2 for row in rows if row["prompt_id"] == "short")
     assert {row["prompt"] for row in rows if row["prompt_id"] == "long"} == {"Describe it."}
+    # `long` and `what` share decoding settings, so each image's two rows share one image prefill ("short" has
+    # its own max_new_tokens and runs in a call of its own).
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["model_replicas"]["image_prefills_saved"] == 3
+    assert "; 3 rows reused another row's image prefill" in capsys.readouterr().out
 
 
 def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path, tiny_models):

@@ -123,6 +123,7 @@ def test_each_batch_reports_its_replica_time_on_its_first_row(llava):
     first_stats, second_stats = (json.loads(out[REPLICA_STATS_COLUMN][0]) for out in (first, second))
     assert first_stats["replica"] == second_stats["replica"]
     assert 0 < second_stats["generate_s"] <= second_stats["busy_s"]
+    assert second_stats["prefills_saved"] == 0  # three different images
     assert 0.3 <= second_stats["idle_s"] < 0.3 + first_stats["busy_s"] + 1.0
     assert list(second["generated_text"]) == list(first["generated_text"])
 
