@@ -26,7 +26,7 @@ from operators.prefix_sharing import (
     continuation_inputs,
     plan_shared_prefixes,
     prefill_prefixes,
-    prefix_key,
+    prefix_keys,
 )
 from operators.tensor_codec import unpack_arrays
 
@@ -283,7 +283,7 @@ class Generate:
             kwargs = merge_generation(self.generate_kwargs, json.loads(override) if override else {})
             lengths = [len(unpacked[index]["input_ids"]) for index in group]
             keys = (
-                [prefix_key(unpacked[index], self.image_token_id) for index in group]
+                prefix_keys([unpacked[index] for index in group], self.image_token_id)
                 if self.share_image_prefix
                 else None
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,15 @@ def prefix_length(input_ids: np.ndarray, image_token_id: int) -> int:
     return 0 if len(positions) == 0 else min(int(positions[-1]) + 1, len(input_ids) - 1)
 
 
-def prefix_key(row: dict[str, np.ndarray], image_token_id: int) -> bytes | None:
+# Values of each vision array a fingerprint reads: enough to tell photos apart, 0.2% of a LLaVA-NeXT row.
+FINGERPRINT_SAMPLES = 4096
+
+
+def prefix_key(row: dict[str, np.ndarray], image_token_id: int, *, sample: bool = False) -> bytes | None:
     """Equal for rows whose prefix tokens and vision inputs (pixels, image sizes) are identical; None for rows
-    without an image prefix. A digest of the content, so equal keys mean equal inputs, not merely equal paths."""
+    without an image prefix. A digest of the content, so equal keys mean equal inputs, not merely equal paths.
+    `sample`: a fingerprint over evenly spaced values only; equal for equal rows, but rows that differ elsewhere
+    can collide, so it only says which rows need the full key."""
     length = prefix_length(row["input_ids"], image_token_id)
     if length == 0:
         return None
@@ -39,8 +46,27 @@ def prefix_key(row: dict[str, np.ndarray], image_token_id: int) -> bytes | None:
             continue
         value = np.ascontiguousarray(row[name])
         digest.update(f"|{name}|{value.dtype}|{value.shape}|".encode())
+        if sample:
+            value = value.reshape(-1)[:: max(1, value.size // FINGERPRINT_SAMPLES)]
         digest.update(value.tobytes())
     return digest.digest()
+
+
+def prefix_keys(rows: Sequence[dict[str, np.ndarray]], image_token_id: int) -> list[bytes | None]:
+    """A key per row, equal exactly where `prefix_key` is. Hashing every pixel costs 1.6 ms for a LLaVA-NeXT row,
+    so a cheap fingerprint finds the rows that may share and only those are hashed whole: a batch where every row
+    shows its own image (plain captioning) pays for fingerprints only."""
+    fingerprints = [prefix_key(row, image_token_id, sample=True) for row in rows]
+    counts = Counter(fingerprints)
+    keys: list[bytes | None] = []
+    for row, fingerprint in zip(rows, fingerprints):
+        if fingerprint is None:
+            keys.append(None)
+        elif counts[fingerprint] == 1:
+            keys.append(b"alone:" + fingerprint)
+        else:
+            keys.append(b"whole:" + (prefix_key(row, image_token_id) or b""))
+    return keys
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 
 from operators.generate import Generate
 from operators.length_grouping import plan_generate_calls
-from operators.prefix_sharing import plan_shared_prefixes, prefix_key, prefix_length
+from operators.prefix_sharing import plan_shared_prefixes, prefix_key, prefix_keys, prefix_length
 from operators.preprocess import PreprocessForModel
 from operators.tensor_codec import unpack_arrays
 from pipeline.builtin_models import builtin_model_path
@@ -50,6 +50,28 @@ def test_prefix_key_is_equal_only_for_equal_prefix_tokens_and_pixels():
     assert prefix_key(row, IMAGE) != prefix_key(other_image, IMAGE)
     assert prefix_key(row, IMAGE) != prefix_key(other_prefix, IMAGE)
     assert prefix_key({"input_ids": np.array([1, 2, 3])}, IMAGE) is None
+
+
+def test_batch_keys_hash_whole_rows_only_where_fingerprints_repeat():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)
+    # Differs from `pixels` in one value that the fingerprint's evenly spaced samples skip.
+    almost = pixels.copy()
+    almost.reshape(-1)[1] ^= 1
+    ids = np.array([1, IMAGE, IMAGE, 7])
+    rows = [
+        {"input_ids": ids, "pixel_values": pixels},
+        {"input_ids": np.array([1, IMAGE, IMAGE, 9, 9]), "pixel_values": pixels.copy()},
+        {"input_ids": ids, "pixel_values": almost},
+        {"input_ids": ids, "pixel_values": rng.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)},
+        {"input_ids": np.array([1, 2, 3])},
+    ]
+    keys = prefix_keys(rows, IMAGE)
+    assert prefix_key(rows[0], IMAGE, sample=True) == prefix_key(rows[2], IMAGE, sample=True)
+    assert keys[0] == keys[1] == b"whole:" + prefix_key(rows[0], IMAGE)
+    assert keys[2] == b"whole:" + prefix_key(rows[2], IMAGE) != keys[0]  # a fingerprint collision, told apart
+    assert keys[3] == b"alone:" + prefix_key(rows[3], IMAGE, sample=True)  # its own image: never hashed whole
+    assert keys[4] is None
 
 
 def test_plan_groups_rows_and_declines_when_nothing_is_shared():
