@@ -361,7 +361,7 @@ class Generate:
         **generate_kwargs: Any,
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """(text, num_output_tokens, finish_reason, error) per row, in order. With `prefix_keys` (from
-        operators.prefix_sharing.prefix_key), rows sharing an image prefix prefill it once."""
+        operators.prefix_sharing.prefix_keys), rows sharing an image prefix prefill it once."""
         plan = None
         if prefix_keys is not None and self.padding_side == "left":
             plan = plan_shared_prefixes(rows, prefix_keys, self.image_token_id)
