@@ -17,7 +17,10 @@ Python around it, takes the time. The same model object, processor and 640x480 J
   - pipeline: transformers.pipeline("image-text-to-text", model=..., processor=...) called on the list of chats
     with batch_size (left padding), images given by path so it decodes them itself;
   - loop: one `processor(...)` + `model.generate` + decode per image.
-Greedy, float32, exactly --new-tokens tokens per image (min_new_tokens = max_new_tokens). The operator's
+Greedy, float32, exactly --new-tokens tokens per image (min_new_tokens = max_new_tokens), or with
+--varied-lengths at most that many, each row stopping at a probed stop token (shared.varied_length_kwargs), where
+the operator's continuous batching refills finished rows' slots from its window of --length-window batches
+while the pipeline decodes each batch to its longest row. The operator's
 images/s counts its generate calls (in the Ray job preprocessing runs on other CPU actors at the same time);
 `e2e` adds its preprocessing, run serially in the same process, which is what the pipeline and the loop time.
 Variants are interleaved within each repeat; ratios are medians of per-repeat ratios. Torch runs one thread by
@@ -129,6 +132,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help=f"questions per image, 1 to {len(shared.PROMPTS)}: rows are (image, prompt) pairs",
     )
+    parser.add_argument(
+        "--varied-lengths",
+        action="store_true",
+        help="rows stop at a probed stop token (varied lengths, at most --new-tokens), as captions do",
+    )
+    parser.add_argument(
+        "--length-window", type=int, default=4, help="batches per operator call (the job's --length-window)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: batch sizes 1 2, 4 images, 4 tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -164,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="llava-peers-bench-") as work:
         began = time.perf_counter()
         checkpoint, parameters = build_checkpoint(Path(work) / "model", args.seed)
-        kwargs = shared.fixed_length_kwargs(args.new_tokens)
-        operator = Generate(str(checkpoint), generate_kwargs=kwargs, dtype="float32")
+        operator = Generate(str(checkpoint), generate_kwargs={}, dtype="float32")
         preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
         size_mb = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors")) / 1e6
         print(
@@ -177,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         images = -(-max(largest, args.loop_images) // args.prompts_per_image)
         inputs = shared.write_inputs(Path(work) / "images", images, seed=args.seed)
         inputs = inputs.with_prompts_per_image(args.prompts_per_image)
+        decoding = (
+            shared.varied_length_kwargs(operator.model, preprocess.processor, inputs, args.new_tokens)
+            if args.varied_lengths
+            else shared.fixed_length_kwargs(args.new_tokens)
+        )
+        operator.generate_kwargs = decoding
+        print(f"decoding: {decoding}", flush=True)
         runs = shared.measure_variants(
             model=operator.model,
             processor=preprocess.processor,
@@ -184,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             operator=operator,
             inputs=inputs,
             batch_sizes=args.batch_sizes,
-            new_tokens=args.new_tokens,
+            decoding=decoding,
+            window=args.length_window,
             min_images=args.min_images,
             loop_images=args.loop_images,
             repeats=args.repeats,

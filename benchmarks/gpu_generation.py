@@ -7,15 +7,19 @@ of the lent GPU machines; its tiny configuration is checked on CPU with transfor
 Run the CPU smoke test (a tiny model of the same shape; what tests/benchmarks/test_gpu_script.py runs):
     python benchmarks/gpu_generation.py --config tiny
 Add --quick for one repeat and fewer images; --prompts-per-image K asks every image K questions (rows are then
-(image, prompt) pairs, and "images" in the report count rows), where the operator prefills each image once.
+(image, prompt) pairs, and "images" in the report count rows), where the operator prefills each image once;
+--varied-lengths lets rows stop at different lengths (at most --new-tokens), where the operator's continuous
+batching refills the slots of finished rows and `generate` decodes every batch to its longest row:
+    python benchmarks/gpu_generation.py --families llava --batch-sizes 32 64 --varied-lengths --min-images 256
 
 For each family it builds a model with the REAL configuration of the checkpoint (written out below, no download)
 directly on the device in float16/bfloat16 with random weights, then measures, at each batch size:
-  - operator: the project's PreprocessForModel (CPU, timed apart) + Generate (left-padded batched generate);
+  - operator: the project's PreprocessForModel (CPU, timed apart) + Generate (left-padded, continuous batching
+    through `batch size` slots, fed windows of --length-window batches as the caption job feeds a replica);
   - pipeline: transformers.pipeline("image-text-to-text") with the same model, processor and batch_size;
   - loop: the per-image `processor(...)` + `model.generate` loop most captioning scripts use (batch size 1).
-Every variant generates exactly --new-tokens tokens per image (greedy, min_new_tokens = max_new_tokens), so
-images/s compare like for like; output tokens/s = images/s x new tokens. The operator's images/s counts its
+By default every variant generates exactly --new-tokens tokens per image (greedy, min_new_tokens =
+max_new_tokens), so images/s compare like for like; output tokens/s counts each row's tokens to its stop token. The operator's images/s counts its
 generate calls only (in the Ray job preprocessing runs on other CPU actors, in parallel); its end-to-end figure
 (preprocess + generate in one process) is reported beside it.
 
@@ -61,7 +65,7 @@ from operators.batch import object_array  # noqa: E402
 from operators.generate import REPLICA_STATS_COLUMN, Generate  # noqa: E402
 from operators.preprocess import PreprocessForModel  # noqa: E402
 from pipeline.prompt_formats import FAMILY_FORMATS, chat_template  # noqa: E402
-from pipeline.tiny_models import build_tokenizer  # noqa: E402
+from pipeline.tiny_models import build_tokenizer, varied_length_stop_token  # noqa: E402
 
 VARIANTS = ("operator", "pipeline", "loop")
 IMAGE_TOKEN = "<image>"
@@ -383,6 +387,17 @@ def fixed_length_kwargs(new_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
 
 
+def varied_length_kwargs(
+    model: torch.nn.Module, processor: Any, inputs: Inputs, new_tokens: int, probe_rows: int = 8
+) -> dict[str, Any]:
+    """Greedy, at most `new_tokens`, stopping at a token that the model's outputs on these inputs reach at
+    different steps (pipeline.tiny_models.varied_length_stop_token): rows end at different lengths, as real
+    captions do, for every variant alike."""
+    probe = run_loop(model, processor, inputs.head(probe_rows), fixed_length_kwargs(new_tokens))
+    stop = varied_length_stop_token(probe.new_token_ids)
+    return {"max_new_tokens": new_tokens, "do_sample": False, "eos_token_id": stop}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs: synthetic JPEG photos, on disk (the pipeline and the loop read paths) and as bytes (the operator)
 # ---------------------------------------------------------------------------------------------------------------
@@ -470,8 +485,11 @@ class VariantRun:
     texts: list[str]
     generate_seconds: float = 0.0  # time inside model.generate
     generate_rows: list[int] = field(default_factory=list)  # rows per model.generate call
+    # The operator's continuous batching (no model.generate call): active rows per decoding step, on average.
+    rows_per_decode_step: float | None = None
     preprocess_seconds: float = 0.0  # the operator's PreprocessForModel calls (CPU)
     output_tokens: int = 0
+    new_token_ids: list[list[int]] = field(default_factory=list)  # the loop's, per row, to its stop token
 
     @property
     def images_per_s(self) -> float:
@@ -483,12 +501,14 @@ class VariantRun:
 
 
 class GenerateSpy:
-    """Wraps model.generate while active: rows per call and seconds spent inside it (what the rest costs)."""
+    """Wraps model.generate while active: rows per call, seconds spent inside it (what the rest costs), and the
+    new tokens of every row, up to and including its stop token (`new_tokens`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.rows: list[int] = []
         self.seconds = 0.0
+        self.new_tokens: list[list[int]] = []
 
     def __enter__(self) -> GenerateSpy:
         original = self.model.generate
@@ -500,6 +520,11 @@ class GenerateSpy:
             output = original(*args, **kwargs)
             _synchronize(self.model)
             self.seconds += time.perf_counter() - start
+            eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+            stops = set(eos if isinstance(eos, list) else [eos])
+            for row in output[:, ids.shape[1] :].tolist():
+                end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+                self.new_tokens.append(row[:end])
             return output
 
         self.model.generate = spy  # an instance attribute shadows the method for every caller
@@ -515,15 +540,18 @@ def _synchronize(model: torch.nn.Module) -> None:
 
 
 def run_operator(
-    preprocess: PreprocessForModel, generate: Generate, inputs: Inputs, batch_size: int
+    preprocess: PreprocessForModel, generate: Generate, inputs: Inputs, batch_size: int, window: int = 1
 ) -> VariantRun:
-    """Rows go through the operators in batches of `batch_size`, as a Ray Data batch would."""
+    """Rows go through the operators as the caption job hands them over: windows of `window` batches of
+    `batch_size` rows (--length-window), which the replica decodes `batch_size` rows at a time."""
+    generate.rows_per_call = batch_size
+    step = batch_size * window
     texts: list[str] = []
     prep_seconds = gen_seconds = model_seconds = 0.0
-    tokens = 0
+    tokens = decode_steps = decode_row_steps = 0
     with GenerateSpy(generate.model) as spy:
-        for start in range(0, len(inputs), batch_size):
-            stop = min(len(inputs), start + batch_size)
+        for start in range(0, len(inputs), step):
+            stop = min(len(inputs), start + step)
             batch = {
                 "id": object_array(inputs.ids[start:stop]),
                 "image_bytes": object_array(inputs.payloads[start:stop]),
@@ -542,7 +570,10 @@ def run_operator(
             tokens += sum(int(count) for count in out["num_output_tokens"])
             # The replica's own account of its time in the model: `model.generate` plus, where rows share an
             # image, the prefill of that image, which runs as a plain forward call before `generate`.
-            model_seconds += json.loads(out[REPLICA_STATS_COLUMN][0])["generate_s"]
+            stats = json.loads(out[REPLICA_STATS_COLUMN][0])
+            model_seconds += stats["generate_s"]
+            decode_steps += stats.get("decode_steps", 0)
+            decode_row_steps += stats.get("decode_row_steps", 0)
     return VariantRun(
         "operator",
         batch_size,
@@ -551,6 +582,7 @@ def run_operator(
         texts,
         generate_seconds=model_seconds,
         generate_rows=spy.rows,
+        rows_per_decode_step=decode_row_steps / decode_steps if decode_steps else None,
         preprocess_seconds=prep_seconds,
         output_tokens=tokens,
     )
@@ -566,7 +598,7 @@ def make_pipeline(model: torch.nn.Module, processor: Any) -> Any:
     return pipeline("image-text-to-text", model=model, processor=processor, device=model.device)
 
 
-def run_pipeline(pipe: Any, inputs: Inputs, batch_size: int, new_tokens: int) -> VariantRun:
+def run_pipeline(pipe: Any, inputs: Inputs, batch_size: int, decoding: dict[str, Any]) -> VariantRun:
     """The documented chat-format call: images by path inside the messages, batch_size rows per generate."""
     chats = [
         [
@@ -582,8 +614,8 @@ def run_pipeline(pipe: Any, inputs: Inputs, batch_size: int, new_tokens: int) ->
         outputs = pipe(
             text=chats,
             batch_size=batch_size,
-            max_new_tokens=new_tokens,
-            generate_kwargs={"min_new_tokens": new_tokens, "do_sample": False},
+            max_new_tokens=decoding["max_new_tokens"],
+            generate_kwargs={key: value for key, value in decoding.items() if key != "max_new_tokens"},
             return_full_text=False,
         )
         seconds = time.perf_counter() - began
@@ -596,7 +628,7 @@ def run_pipeline(pipe: Any, inputs: Inputs, batch_size: int, new_tokens: int) ->
         texts,
         generate_seconds=spy.seconds,
         generate_rows=spy.rows,
-        output_tokens=len(inputs) * new_tokens,
+        output_tokens=sum(len(row) for row in spy.new_tokens),
     )
 
 
@@ -604,7 +636,7 @@ def _first(output: Any) -> dict[str, Any]:
     return output[0] if isinstance(output, list) else output
 
 
-def run_loop(model: torch.nn.Module, processor: Any, inputs: Inputs, new_tokens: int) -> VariantRun:
+def run_loop(model: torch.nn.Module, processor: Any, inputs: Inputs, decoding: dict[str, Any]) -> VariantRun:
     """What most captioning scripts do: open the image, apply the chat template, process, generate, decode."""
     from PIL import Image
 
@@ -620,9 +652,7 @@ def run_loop(model: torch.nn.Module, processor: Any, inputs: Inputs, new_tokens:
             encoded = processor(images=image, text=text, return_tensors="pt").to(
                 model.device, dtype=model.dtype
             )
-            output = model.generate(
-                **encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-            )
+            output = model.generate(**encoded, **decoding)
             prompt_length = encoded["input_ids"].shape[1]
             texts.append(processor.decode(output[0, prompt_length:], skip_special_tokens=True))
         seconds = time.perf_counter() - began
@@ -634,7 +664,8 @@ def run_loop(model: torch.nn.Module, processor: Any, inputs: Inputs, new_tokens:
         texts,
         generate_seconds=spy.seconds,
         generate_rows=spy.rows,
-        output_tokens=len(inputs) * new_tokens,
+        output_tokens=sum(len(row) for row in spy.new_tokens),
+        new_token_ids=spy.new_tokens,
     )
 
 
@@ -672,23 +703,24 @@ def measure_variants(
     operator: Generate,
     inputs: Inputs,
     batch_sizes: list[int],
-    new_tokens: int,
+    decoding: dict[str, Any],
     min_images: int,
     loop_images: int,
     repeats: int,
     log: Callable[[str], None],
+    window: int = 1,
 ) -> Runs:
     """Operator and pipeline at every batch size and the loop, interleaved within each repeat (the order of
     operator and pipeline alternates between repeats), after one warm-up pass of each on a small batch."""
     pipe = make_pipeline(model, processor)
     warm = inputs.head(min(2, len(inputs)))
     run_operator(preprocess, operator, warm, len(warm))
-    run_pipeline(pipe, warm, len(warm), new_tokens)
-    run_loop(model, processor, warm.head(1), new_tokens)
+    run_pipeline(pipe, warm, len(warm), decoding)
+    run_loop(model, processor, warm.head(1), decoding)
 
     runs: Runs = {}
     for repeat in range(repeats):
-        loop_run = run_loop(model, processor, inputs.head(loop_images), new_tokens)
+        loop_run = run_loop(model, processor, inputs.head(loop_images), decoding)
         runs.setdefault(("loop", 1), []).append(loop_run)
         log(f"  repeat {repeat + 1}/{repeats} loop     batch   1: {loop_run.images_per_s:8.3f} images/s")
         for size in batch_sizes:
@@ -697,9 +729,9 @@ def measure_variants(
             for variant in order:
                 try:
                     run = (
-                        run_operator(preprocess, operator, subset, size)
+                        run_operator(preprocess, operator, subset, size, window)
                         if variant == "operator"
-                        else run_pipeline(pipe, subset, size, new_tokens)
+                        else run_pipeline(pipe, subset, size, decoding)
                     )
                 except torch.OutOfMemoryError as error:  # the pipeline has no back-off; report, go on
                     log(f"  {variant} batch {size}: out of memory ({error})")
@@ -709,10 +741,16 @@ def measure_variants(
                 runs.setdefault((variant, size), []).append(run)
                 log(
                     f"  repeat {repeat + 1}/{repeats} {variant:8s} batch {size:3d}: "
-                    f"{run.images_per_s:8.3f} images/s ({run.images} images, rows per generate "
-                    f"{sorted(set(run.generate_rows))})"
+                    f"{run.images_per_s:8.3f} images/s ({run.images} images, {rows_per_call_text(run)})"
                 )
     return runs
+
+
+def rows_per_call_text(run: VariantRun) -> str:
+    """How many rows the model saw at once: per `model.generate` call, or per decoding step of the slots."""
+    if run.rows_per_decode_step is not None:
+        return f"rows per decoding step {run.rows_per_decode_step:.2f}"
+    return f"rows per generate {sorted(set(run.generate_rows))}"
 
 
 def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
@@ -738,6 +776,7 @@ def summarize(spec: ModelSpec, runs: Runs, batch_sizes: list[int]) -> dict[str, 
             "output_tokens_per_s": median([run.output_tokens / run.seconds for run in variant_runs]),
             "share_in_model_generate": median([run.generate_seconds / run.seconds for run in variant_runs]),
             "generate_rows_per_call": sorted(set(first.generate_rows)),
+            "rows_per_decode_step": first.rows_per_decode_step,
         }
         if variant != "loop":
             row["vs_loop"] = paired_ratio(rates, loop_rates)
@@ -778,8 +817,12 @@ def measure_family(
     work_dir: Path,
     log: Callable[[str], None],
     prompts_per_image: int = 1,
+    varied_lengths: bool = False,
+    window: int = 1,
 ) -> dict[str, Any]:
-    """Builds the family's random model in memory, runs operator, pipeline and loop; returns the JSON rows."""
+    """Builds the family's random model in memory, runs operator, pipeline and loop; returns the JSON rows.
+    `varied_lengths`: rows stop at a probed stop token instead of all running `new_tokens`; `window`: batches
+    per operator call (the job's --length-window)."""
     began = time.perf_counter()
     processor = build_processor(spec)
     checkpoint_dir = work_dir / spec.family
@@ -790,12 +833,18 @@ def measure_family(
         f"{device}, built in {time.perf_counter() - began:.1f} s"
     )
     preprocess = PreprocessForModel(str(checkpoint_dir), max_image_pixels=MAX_IMAGE_PIXELS)
-    operator = generate_operator_around(model, checkpoint_dir, fixed_length_kwargs(new_tokens))
     largest = max(images_for(size, min_images) for size in batch_sizes)
     images = -(-max(largest, loop_images) // prompts_per_image)
     inputs = write_inputs(work_dir / f"{spec.family}-images", images).with_prompts_per_image(
         prompts_per_image
     )
+    decoding = (
+        varied_length_kwargs(model, processor, inputs, new_tokens)
+        if varied_lengths
+        else fixed_length_kwargs(new_tokens)
+    )
+    log(f"decoding: {decoding}")
+    operator = generate_operator_around(model, checkpoint_dir, decoding)
     runs = measure_variants(
         model=model,
         processor=processor,
@@ -803,11 +852,12 @@ def measure_family(
         operator=operator,
         inputs=inputs,
         batch_sizes=batch_sizes,
-        new_tokens=new_tokens,
+        decoding=decoding,
         min_images=min_images,
         loop_images=loop_images,
         repeats=repeats,
         log=log,
+        window=window,
     )
     del operator, model, preprocess
     gc.collect()  # the next family's 7B model must not share the GPU with this one
@@ -912,6 +962,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help=f"questions per image, 1 to {len(PROMPTS)}: rows are (image, prompt) pairs",
     )
+    parser.add_argument(
+        "--varied-lengths",
+        action="store_true",
+        help="rows stop at a probed stop token (varied lengths, at most --new-tokens) instead of all at --new-tokens",
+    )
+    parser.add_argument(
+        "--length-window",
+        type=int,
+        default=4,
+        help="batches per operator call, as the caption job's --length-window (default 4, the job's default)",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer images: a smoke run")
     args = parser.parse_args(argv)
@@ -967,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
                 loop_images=args.loop_images,
                 repeats=args.repeats,
                 prompts_per_image=args.prompts_per_image,
+                varied_lengths=args.varied_lengths,
+                window=args.length_window,
                 work_dir=Path(work),
                 log=lambda line: print(line, flush=True),
             )
@@ -982,6 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
             "config": args.config,
             "new_tokens": args.new_tokens,
             "prompts_per_image": args.prompts_per_image,
+            "varied_lengths": args.varied_lengths,
+            "length_window": args.length_window,
             "batch_sizes": args.batch_sizes,
             "repeats": args.repeats,
             "environment": env,

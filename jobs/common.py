@@ -159,6 +159,7 @@ def model_call_stages(
                 "max_batch_tokens": config.batch_tokens,
                 "group_by_length": config.length_window > 1,
                 "share_image_prefix": config.share_image_prefix,
+                "continuous_batching": config.continuous_batching,
             },
         ),
     ]

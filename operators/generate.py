@@ -18,6 +18,12 @@ import numpy as np
 import torch
 
 from operators.batch import column, require_columns, row_count
+from operators.continuous_batching import (
+    ContinuousBatcher,
+    DecodingSettings,
+    decoding_settings,
+    row_generators,
+)
 from operators.length_grouping import plan_generate_calls
 from operators.pixel_transport import expand_pixels, pixel_table
 from operators.prefix_sharing import (
@@ -171,12 +177,15 @@ class ReplicaClock:
         self.call_started = self.ready_at
         self.generate_s = 0.0
         self.prefills_saved = 0  # rows that continued from another row's image prefill (prefix_sharing)
+        # Continuous batching: decoding steps, active rows summed over them, and slots summed over them.
+        self.decode_steps = self.decode_row_steps = self.decode_slot_steps = 0
 
     def start_call(self, now: float | None = None) -> float:
         """Marks the start of a call; returns the idle seconds before it."""
         self.call_started = time.monotonic() if now is None else now
         self.generate_s = 0.0
         self.prefills_saved = 0
+        self.decode_steps = self.decode_row_steps = self.decode_slot_steps = 0
         return max(self.call_started - self.ready_at, 0.0)
 
     def end_call(self, idle_s: float, now: float | None = None) -> dict[str, Any]:
@@ -188,6 +197,9 @@ class ReplicaClock:
             "idle_s": round(idle_s, 6),
             "generate_s": round(self.generate_s, 6),
             "prefills_saved": self.prefills_saved,
+            "decode_steps": self.decode_steps,
+            "decode_row_steps": self.decode_row_steps,
+            "decode_slot_steps": self.decode_slot_steps,
         }
 
 
@@ -210,6 +222,7 @@ class Generate:
         group_by_length: bool = True,
         compile: bool = False,
         share_image_prefix: bool = True,
+        continuous_batching: bool = True,
     ) -> None:
         """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
 
@@ -217,7 +230,11 @@ class Generate:
         prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch.
 
         `share_image_prefix`: rows of a call that show the same image(s) before their own prompt text prefill
-        that prefix once (operators.prefix_sharing). Not with `compile`, whose static cache is made per call."""
+        that prefix once (operators.prefix_sharing). Not with `compile`, whose static cache is made per call.
+
+        `continuous_batching`: the rows of a batch queue for `rows_per_call` decoding slots, and a row that stops
+        frees its slot for the next (operators.continuous_batching), where the decoding settings allow it; not
+        with `compile`, and not for calls whose rows share an image prefix (those save more by sharing it)."""
         from operators.preprocess import load_processor
 
         self.model_name = model
@@ -243,6 +260,7 @@ class Generate:
         self.group_by_length = group_by_length
         self.image_token_id = getattr(self.model.config, "image_token_id", None)
         self.share_image_prefix = share_image_prefix and not compile and self.image_token_id is not None
+        self.continuous_batching = continuous_batching and not compile and padding_side == "left"
         # Rows per generate call that fit in memory, learned per prompt-length bucket after an OOM.
         self.max_rows_by_length: dict[int, int] = {}
         config = self.model.generation_config
@@ -294,13 +312,17 @@ class Generate:
                 group_by_length=self.group_by_length,
                 keep_together=keys,
             )
+            continuous = self.continuous_settings(kwargs, keys)
+            if continuous is not None:
+                # One queue in the planned order (similar lengths next to each other) feeding the slots.
+                calls = [[position for call in calls for position in call]]
             for call in calls:
                 indices = [group[position] for position in call]
                 rows = [unpacked[index] for index in indices]
                 ids = [str(batch["id"][index]) if "id" in batch else str(index) for index in indices]
                 call_keys = None if keys is None else [keys[position] for position in call]
                 try:
-                    results = self.generate_with_backoff(rows, ids, kwargs, call_keys)
+                    results = self.generate_with_backoff(rows, ids, kwargs, call_keys, continuous)
                 except Exception as error:  # a failing call becomes error rows, the replica keeps serving
                     logger.exception("generation failed for a batch of %d rows", len(rows))
                     results = [(None, None, None, f"generate: {type(error).__name__}: {error}")] * len(rows)
@@ -317,39 +339,87 @@ class Generate:
         )
         return out
 
+    def continuous_settings(
+        self, kwargs: dict[str, Any], keys: list[bytes | None] | None
+    ) -> DecodingSettings | None:
+        """The settings for continuous batching, or None where this call runs `model.generate`: switched off,
+        rows sharing an image prefix (prefix sharing saves more there), or settings it does not reproduce."""
+        if not self.continuous_batching:
+            return None
+        if keys is not None and None not in keys and len(set(keys)) < len(keys):
+            return None
+        return decoding_settings(self.model, kwargs, self.eos_token_ids)
+
     def generate_with_backoff(
         self,
         rows: list[dict[str, np.ndarray]],
         ids: list[str],
         kwargs: dict[str, Any],
         prefix_keys: list[bytes | None] | None = None,
+        continuous: DecodingSettings | None = None,
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
-        """Generate in chunks; on out-of-memory, halve the chunk and retry, and remember the smaller size for
-        batches of similar length (the same power-of-two bucket of the longest prompt)."""
+        """Generate in chunks (or, with `continuous`, through that many slots); on out-of-memory, halve the chunk
+        and retry, and remember the smaller size for batches of similar length (the same power-of-two bucket of
+        the longest prompt)."""
         bucket = max(len(row["input_ids"]) for row in rows).bit_length()
-        limit = min(len(rows), self.max_rows_by_length.get(bucket, len(rows)))
+        limit = min(
+            len(rows), self.rows_per_call or len(rows), self.max_rows_by_length.get(bucket, len(rows))
+        )
         results: list[tuple[str | None, int | None, str | None, str | None]] = []
         start = 0
         while start < len(rows):
-            chunk = rows[start : start + limit]
+            end = len(rows) if continuous is not None else start + limit
+            chunk = rows[start:end]
             try:
-                keys = None if prefix_keys is None else prefix_keys[start : start + limit]
-                results.extend(
-                    self.generate_rows(
-                        chunk, seed_key="|".join(ids[start : start + limit]), prefix_keys=keys, **kwargs
+                if continuous is not None:
+                    results.extend(self.generate_continuous(chunk, ids[start:end], continuous, slots=limit))
+                else:
+                    keys = None if prefix_keys is None else prefix_keys[start:end]
+                    results.extend(
+                        self.generate_rows(
+                            chunk, seed_key="|".join(ids[start:end]), prefix_keys=keys, **kwargs
+                        )
                     )
-                )
             except torch.OutOfMemoryError:
                 if limit == 1:
                     raise
-                limit = max(1, len(chunk) // 2)
+                limit = max(1, min(limit, len(chunk)) // 2)
                 self.max_rows_by_length[bucket] = limit
-                logger.warning("out of memory at %d rows; retrying with %d rows per call", len(chunk), limit)
+                logger.warning("out of memory; retrying with %d rows per call", limit)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
+            except (
+                NotImplementedError
+            ) as error:  # a cache this model builds cannot be rearranged between rows
+                logger.warning("continuous batching off for this replica (%s); model.generate runs", error)
+                self.continuous_batching, continuous = False, None
+                continue
             start += len(chunk)
         return results
+
+    def generate_continuous(
+        self, rows: list[dict[str, np.ndarray]], ids: list[str], settings: DecodingSettings, *, slots: int
+    ) -> list[tuple[str | None, int | None, str | None, str | None]]:
+        """Every row through `slots` decoding slots (operators.continuous_batching); rows are expanded and collated
+        on the device only when admitted."""
+        batcher = ContinuousBatcher(
+            self.model,
+            settings,
+            collate=lambda chosen: self.collate_on_device(
+                [self.expand_row_pixels(row) for row in chosen], "left"
+            ),
+            slots=slots,
+            max_tokens=self.max_batch_tokens,
+        )
+        generators = row_generators(ids, self.seed, self.model.device) if settings.do_sample else None
+        started = time.monotonic()
+        new_tokens = batcher.run(rows, generators)
+        self.clock.generate_s += time.monotonic() - started
+        self.clock.decode_steps += batcher.steps
+        self.clock.decode_row_steps += batcher.row_steps
+        self.clock.decode_slot_steps += batcher.steps * batcher.slots
+        return [self._finish(tokens, settings.eos_token_ids) for tokens in new_tokens]
 
     @torch.inference_mode()
     def generate_rows(
@@ -379,7 +449,9 @@ class Generate:
             output = self.model.generate(**inputs, **kwargs, **{cache_argument_name(self.model): cache})
         self.clock.generate_s += time.monotonic() - started
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
-        return [self._finish(tokens) for tokens in new_tokens]
+        eos = kwargs.get("eos_token_id")
+        stop_ids = self.eos_token_ids if eos is None else set(eos if isinstance(eos, list) else [eos])
+        return [self._finish(tokens, stop_ids) for tokens in new_tokens]
 
     def collate_on_device(self, rows: list[dict[str, Any]], padding_side: str) -> dict[str, torch.Tensor]:
         inputs = left_pad_collate(rows, self.pad_token_id, padding_side=padding_side)
@@ -417,8 +489,8 @@ class Generate:
         device_pixels = torch.from_numpy(pixels).to(self.model.device)
         return {**row, "pixel_values": expand_pixels(device_pixels, self.pixel_table)}
 
-    def _finish(self, tokens: list[int]) -> tuple[str, int, str, None]:
-        stop_at = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
+    def _finish(self, tokens: list[int], stop_ids: set[int] | frozenset[int]) -> tuple[str, int, str, None]:
+        stop_at = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
         # No end-of-sequence token among the new tokens means the row ran out of its max_new_tokens budget.
         kept, reason = (tokens, "length") if stop_at is None else (tokens[: stop_at + 1], "stop")
         text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()

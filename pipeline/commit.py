@@ -132,6 +132,8 @@ class ReplicaTime:
     idle_s: float = 0.0
     generate_s: float = 0.0
     prefills_saved: int = 0
+    decode_row_steps: int = 0  # continuous batching: active rows summed over decoding steps ...
+    decode_slot_steps: int = 0  # ... and slots summed over them
     replica_ids: set[str] = field(default_factory=set)
 
     def add(self, table: pa.Table) -> None:
@@ -145,6 +147,8 @@ class ReplicaTime:
             self.idle_s += float(stats["idle_s"])
             self.generate_s += float(stats["generate_s"])
             self.prefills_saved += int(stats.get("prefills_saved", 0))
+            self.decode_row_steps += int(stats.get("decode_row_steps", 0))
+            self.decode_slot_steps += int(stats.get("decode_slot_steps", 0))
             self.replica_ids.add(str(stats["replica"]))
 
     @property
@@ -160,6 +164,11 @@ class ReplicaTime:
             "idle_waiting_for_input_s": round(self.idle_s, 3),
             "idle_share": round(self.idle_share, 4),
             "image_prefills_saved": self.prefills_saved,
+            # Share of decoding slots holding a row: finished rows freed theirs for waiting ones (None: no
+            # continuous batching ran).
+            "decode_slots_filled": (
+                round(self.decode_row_steps / self.decode_slot_steps, 4) if self.decode_slot_steps else None
+            ),
         }
 
 

@@ -114,6 +114,7 @@ class JobConfig:
     attn_implementation: str = "sdpa"
     compile: bool = False
     share_image_prefix: bool = True
+    continuous_batching: bool = True
     max_image_pixels: int = 64_000_000
     max_error_rate: float = 0.1
     s3_endpoint_url: str | None = None
@@ -153,6 +154,7 @@ class JobConfig:
         check_attention_installed(self.attn_implementation)
         _check_type("compile", self.compile, bool)
         _check_type("share_image_prefix", self.share_image_prefix, bool)
+        _check_type("continuous_batching", self.continuous_batching, bool)
         _check_type("overwrite", self.overwrite, bool)
         _check_type("trust_remote_code", self.trust_remote_code, bool)
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)

@@ -305,3 +305,13 @@ def build_tiny_model(
     (out / METADATA_FILE).write_text(json.dumps({"family": family, "seed": seed}, indent=2) + "\n")
     logger.info("tiny %s model (seed %d) written to %s", family, seed, out)
     return out
+
+
+def varied_length_stop_token(new_tokens: list[list[int]]) -> int:
+    """A stop token for random weights, which have no useful end-of-sequence token: the token that these greedy
+    outputs (one list of new token ids per row) reach first at the most different steps, so that with it as
+    `eos_token_id` rows end at different lengths, as real captions do. Ties go to the smallest id."""
+    candidates = sorted({token for row in new_tokens for token in row})
+    if not candidates:
+        raise ValueError("no generated tokens to choose a stop token from")
+    return max(candidates, key=lambda token: len({row.index(token) for row in new_tokens if token in row}))

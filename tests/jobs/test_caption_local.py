@@ -66,6 +66,9 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     replicas = manifest["model_replicas"]
     assert replicas["replicas"] == 1
     assert replicas["image_prefills_saved"] == 0  # one prompt per image: nothing to share
+    # Rows decoded through continuous batching (the default): the share of decoding slots that held a row.
+    assert 0 < replicas["decode_slots_filled"] <= 1
+    assert f"decoding slots {100 * replicas['decode_slots_filled']:.0f}% filled" in summary
     assert 0 < replicas["generate_s"] <= replicas["busy_s"]
     assert replicas["idle_waiting_for_input_s"] >= 0
     assert replicas["busy_s"] + replicas["idle_waiting_for_input_s"] <= manifest["elapsed_s"] * 1 + 0.5

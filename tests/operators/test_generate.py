@@ -54,36 +54,47 @@ def test_per_row_max_new_tokens_override(llava):
     assert out["generated_text"][1] == plain["generated_text"][0]
 
 
-def test_out_of_memory_splits_the_batch_and_remembers_the_size(llava, monkeypatch):
+# Where a call meets the model: `model.generate` (plain batches) or the model's forward calls, of which those with
+# pixels are prefills (continuous batching, operators/continuous_batching.py).
+ENTRY = {"generate": "generate", "continuous": "forward"}
+
+
+@pytest.mark.parametrize("mode", ["generate", "continuous"])
+def test_out_of_memory_splits_the_batch_and_remembers_the_size(llava, monkeypatch, mode):
     preprocess, generate = llava
     batch = prepared(preprocess, 4)
     expected = generate(batch)["generated_text"].tolist()
-    real_generate = generate.model.generate
+    monkeypatch.setattr(generate, "continuous_batching", mode == "continuous")
+    real = getattr(generate.model, ENTRY[mode])
     calls = []
 
-    def generate_that_fits_two_rows(**kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        if kwargs["input_ids"].shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_generate(**kwargs)
+    def model_that_fits_two_rows(*args, **kwargs):
+        if mode == "generate" or kwargs.get("pixel_values") is not None:
+            calls.append(kwargs["input_ids"].shape[0])
+            if kwargs["input_ids"].shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(generate.model, "generate", generate_that_fits_two_rows)
+    monkeypatch.setattr(generate.model, ENTRY[mode], model_that_fits_two_rows)
     generate.max_rows_by_length.clear()
     assert generate(batch)["generated_text"].tolist() == expected
+    # Continuous batching retries with 2 slots; its 2 rows of the second prefill joined when the first 2 ended.
     assert calls == [4, 2, 2]
     calls.clear()
     assert generate(batch)["generated_text"].tolist() == expected
     assert calls == [2, 2], "the replica keeps the smaller size for similar batches"
 
 
-def test_a_batch_that_fails_becomes_error_rows(llava, monkeypatch):
+@pytest.mark.parametrize("mode", ["generate", "continuous"])
+def test_a_batch_that_fails_becomes_error_rows(llava, monkeypatch, mode):
     preprocess, generate = llava
     batch = prepared(preprocess, 2)
+    monkeypatch.setattr(generate, "continuous_batching", mode == "continuous")
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(generate.model, "generate", broken)
+    monkeypatch.setattr(generate.model, ENTRY[mode], broken)
     out = generate(batch)
     assert out["error"].tolist() == ["generate: RuntimeError: device lost"] * 2
     assert out["generated_text"].tolist() == [None, None]

@@ -148,7 +148,15 @@ def test_replica_time_is_summed_over_batches_and_not_written(tmp_path):
     committer = ShardCommitter(str(tmp_path), OPTIONS)
     stats = [
         {"replica": "a", "busy_s": 2.0, "idle_s": 0.5, "generate_s": 1.5, "prefills_saved": 4},
-        {"replica": "b", "busy_s": 3.0, "idle_s": 1.5, "generate_s": 2.5, "prefills_saved": 0},
+        {
+            "replica": "b",
+            "busy_s": 3.0,
+            "idle_s": 1.5,
+            "generate_s": 2.5,
+            "prefills_saved": 0,
+            "decode_row_steps": 30,
+            "decode_slot_steps": 40,
+        },
         {"replica": "a", "busy_s": 1.0, "idle_s": 0.0, "generate_s": 0.5},  # written before the field existed
     ]
     for index, shard_id in enumerate(["s1", "s2"]):
@@ -162,6 +170,7 @@ def test_replica_time_is_summed_over_batches_and_not_written(tmp_path):
         "idle_waiting_for_input_s": 2.0,
         "idle_share": 0.25,
         "image_prefills_saved": 4,
+        "decode_slots_filled": 0.75,
     }
     for shard_id in ("s1", "s2"):
         assert "_replica_stats" not in pq.read_table(tmp_path / part_name(shard_id)).schema.names

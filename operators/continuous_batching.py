@@ -1,0 +1,349 @@
+"""Continuous batching: a replica decodes in a fixed number of slots, and a row that ends frees its slot for the
+next waiting row instead of idling until the longest row of its batch is done.
+
+`model.generate` decodes a batch until its last row stops, feeding the finished rows padding all the while; when
+caption lengths vary (10 to 200 tokens is common) most of the batch can be finished rows. Here each active row
+keeps its own KV entries, right-aligned in one left-padded cache (padding is masked, position ids count real
+tokens only), so rows admitted later join the running batch. Greedy outputs are those of the plain batched call
+(tests/operators/test_continuous_batching.py); sampling draws from a generator per row seeded from its id, so a
+row samples the same text whatever rows share its batch. Used by operators.generate when the decoding settings
+are ones reproduced here (`decoding_settings`); anything else runs `model.generate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from operators.prefix_sharing import cache_argument_name, position_ids_from_mask
+
+logger = logging.getLogger(__name__)
+
+# Free slots wait until a quarter of them are free (or none are busy), so new rows are prefilled in groups: one
+# prefill forward per row would interrupt decoding slot by slot. The average occupancy stays at 7/8 or more.
+REFILL_FRACTION = 0.25
+
+# Generation settings reproduced here, and settings whose value here changes nothing (beam-search-only knobs,
+# bookkeeping). Any other setting, or one of NEUTRAL at another value, sends a call to `model.generate`.
+HANDLED = {"max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id"}
+IGNORED = {
+    "max_length",  # max_new_tokens is always set, and generate lets it win
+    "pad_token_id",
+    "bos_token_id",
+    "decoder_start_token_id",
+    "transformers_version",
+    "_from_model_config",
+    "use_cache",
+    "length_penalty",
+    "early_stopping",
+    "low_memory",
+    "disable_compile",
+}
+NEUTRAL: dict[str, Any] = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "num_beam_groups": 1,
+    "repetition_penalty": 1.0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "diversity_penalty": 0.0,
+    "guidance_scale": 1.0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "output_scores": False,
+    "output_logits": False,
+    "return_dict_in_generate": False,
+    "min_length": 0,
+}
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """What the slots decode with: the part of a GenerationConfig this module reproduces."""
+
+    max_new_tokens: int
+    eos_token_ids: frozenset[int]
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+def decoding_settings(
+    model: torch.nn.Module, generate_kwargs: dict[str, Any], default_eos: set[int]
+) -> DecodingSettings | None:
+    """The model's generation config with `generate_kwargs` on top, if every setting in it is reproduced here;
+    None otherwise (beam search, repetition penalties, ...), and the caller runs `model.generate` as before."""
+    config = copy.deepcopy(model.generation_config)
+    unused = config.update(**{key: value for key, value in generate_kwargs.items() if key != "pad_token_id"})
+    unsupported = sorted(unused) + sorted(
+        key
+        for key, value in config.to_diff_dict().items()
+        if key not in HANDLED and key not in IGNORED and not (key in NEUTRAL and value == NEUTRAL[key])
+    )
+    if unsupported or not config.max_new_tokens:
+        logger.info("continuous batching off for these settings (%s): model.generate runs them", unsupported)
+        return None
+    eos = config.eos_token_id
+    eos_ids = (
+        frozenset(eos if isinstance(eos, list) else [eos]) if eos is not None else frozenset(default_eos)
+    )
+    sample = bool(config.do_sample)
+    return DecodingSettings(
+        max_new_tokens=int(config.max_new_tokens),
+        eos_token_ids=eos_ids,
+        min_new_tokens=int(config.min_new_tokens or 0),
+        do_sample=sample,
+        temperature=float(config.temperature) if sample and config.temperature else 1.0,
+        top_k=int(config.top_k) if sample and config.top_k else 0,
+        top_p=float(config.top_p) if sample and config.top_p is not None else 1.0,
+    )
+
+
+def row_generators(ids: Sequence[str], seed: int, device: torch.device) -> list[torch.Generator]:
+    """One sampling generator per row, seeded from the job seed and the row's id."""
+    generators = []
+    for row_id in ids:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(zlib.crc32(f"{seed}|{row_id}".encode()))
+        generators.append(generator)
+    return generators
+
+
+class _Slots:
+    """The active rows: their KV cache (left-padded, each row's entries right-aligned), attention mask, the next
+    position id and last token of each, and their new tokens so far."""
+
+    def __init__(self, rows: list[int], cache: Any, mask: torch.Tensor) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.mask = mask
+        self.positions = mask.sum(dim=1)  # real tokens so far = the next token's position id
+        self.tokens: list[list[int]] = [[] for _ in rows]
+        self.last = torch.zeros(len(rows), dtype=torch.long, device=mask.device)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def layers(self) -> list[Any]:
+        return list(self.cache.layers)
+
+    def join(self, other: _Slots) -> None:
+        """Append `other`'s rows; the shorter side's cache and mask get left padding."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.layers(), other.layers()):
+            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
+            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
+        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(other.mask, width, dim=1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.last = torch.cat([self.last, other.last])
+        self.rows += other.rows
+        self.tokens += other.tokens
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep these batch entries, then drop the leading cache columns that are padding for every row left."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        start = int((mask.sum(dim=0) > 0).nonzero()[0]) if len(keep) else mask.shape[1]
+        for layer in self.layers():
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, index)
+        self.last = self.last.index_select(0, index)
+        self.rows = [self.rows[i] for i in keep]
+        self.tokens = [self.tokens[i] for i in keep]
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def cache_is_rearrangeable(cache: Any) -> bool:
+    """Only plain dynamic layers (full attention, no sliding window or quantisation) are merged and trimmed here."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+class ContinuousBatcher:
+    """Decodes `rows` through `slots` slots. `collate(rows)` turns unpadded rows into a left-padded batch on the
+    model's device (pixels included); the tokens of each row come back in input order, the stop token included."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: DecodingSettings,
+        *,
+        collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+        slots: int,
+        max_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.collate = collate
+        self.slots = max(1, slots)
+        self.max_tokens = max_tokens
+        self.cache_name = cache_argument_name(model)
+        self.steps = 0  # decoding forwards
+        self.row_steps = 0  # active rows summed over those forwards: occupancy = row_steps / (steps x slots)
+        self.prefills = 0
+        eos = sorted(settings.eos_token_ids)
+        self.eos = torch.tensor(eos, dtype=torch.long, device=model.device)
+        self.warpers = self._warpers()
+
+    def _warpers(self) -> list[Any]:
+        """transformers' own warpers, in the order `generate` applies them, so the sampled distribution is its."""
+        from transformers.generation.logits_process import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        settings = self.settings
+        if not settings.do_sample:
+            return []
+        warpers: list[Any] = []
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            warpers.append(TopKLogitsWarper(top_k=settings.top_k))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=settings.top_p))
+        return warpers
+
+    @torch.inference_mode()
+    def run(self, rows: Sequence[Any], generators: list[torch.Generator] | None = None) -> list[list[int]]:
+        if self.settings.do_sample and generators is None:
+            raise ValueError("sampling needs one generator per row (row_generators)")
+        self.generators = generators
+        waiting = deque(range(len(rows)))
+        finished: dict[int, list[int]] = {}
+        active: _Slots | None = None
+        while waiting or active is not None:
+            free = self.slots - (len(active) if active else 0)
+            if waiting and (active is None or free >= max(1, int(self.slots * REFILL_FRACTION))):
+                admitted = self._admit(waiting, rows, free, active)
+                if admitted:
+                    joined = self._prefill(admitted, rows)
+                    if active is None:
+                        active = joined
+                    else:
+                        active.join(joined)
+                    active = self._retire(active, finished)
+                    continue
+            if active is not None:
+                self._decode_step(active)
+                active = self._retire(active, finished)
+        return [finished[index] for index in range(len(rows))]
+
+    def _admit(self, waiting: deque[int], rows: Sequence[Any], free: int, active: _Slots | None) -> list[int]:
+        """Up to `free` waiting rows, in order, within the token budget (rows x longest cache row); a row alone
+        is always admitted, as a generate call of one row over the budget still runs."""
+        admitted: list[int] = []
+        width = active.mask.shape[1] if active is not None else 0
+        count = len(active) if active is not None else 0
+        while waiting and len(admitted) < free:
+            candidate = len(rows[waiting[0]]["input_ids"])
+            wider = max(width, candidate)
+            if (
+                self.max_tokens
+                and (count + len(admitted) + 1) * wider > self.max_tokens
+                and count + len(admitted)
+            ):
+                break
+            admitted.append(waiting.popleft())
+            width = wider
+        return admitted
+
+    def _prefill(self, admitted: list[int], rows: Sequence[Any]) -> _Slots:
+        """One forward over the admitted rows' prompts (vision tower included); picks each row's first token."""
+        batch = self.collate([rows[index] for index in admitted])
+        output = self.model(
+            **batch,
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = getattr(output, self.cache_name)
+        if not cache_is_rearrangeable(cache):
+            raise NotImplementedError(f"{type(cache).__name__} layers cannot be rearranged between rows")
+        self.prefills += 1
+        slots = _Slots(list(admitted), cache, batch["attention_mask"].long())
+        self._choose(slots, output.logits[:, -1, :])
+        return slots
+
+    def _decode_step(self, slots: _Slots) -> None:
+        ones = torch.ones((len(slots), 1), dtype=slots.mask.dtype, device=slots.mask.device)
+        slots.mask = torch.cat([slots.mask, ones], dim=1)
+        output = self.model(
+            input_ids=slots.last[:, None],
+            attention_mask=slots.mask,
+            position_ids=slots.positions[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_name: slots.cache},
+        )
+        slots.positions = slots.positions + 1
+        self.steps += 1
+        self.row_steps += len(slots)
+        self._choose(slots, output.logits[:, -1, :])
+
+    def _choose(self, slots: _Slots, logits: torch.Tensor) -> None:
+        """The next token of every active row from its last logits, as `generate` picks it."""
+        scores = logits.to(dtype=torch.float32)
+        counts = torch.tensor([len(tokens) for tokens in slots.tokens], device=scores.device)
+        too_short = counts < self.settings.min_new_tokens
+        if bool(too_short.any()):  # MinNewTokensLengthLogitsProcessor: no stop token before min_new_tokens
+            scores[
+                too_short[:, None] & torch.isin(torch.arange(scores.shape[1], device=scores.device), self.eos)
+            ] = -float("inf")
+        if self.settings.do_sample:
+            for warper in self.warpers:
+                scores = warper(None, scores)
+            probabilities = torch.softmax(scores, dim=-1)
+            chosen = torch.cat(
+                [
+                    torch.multinomial(probabilities[i], 1, generator=self.generators[row])
+                    for i, row in enumerate(slots.rows)
+                ]
+            )
+        else:
+            chosen = scores.argmax(dim=-1)
+        slots.last = chosen
+        for tokens, token in zip(slots.tokens, chosen.tolist()):
+            tokens.append(token)
+
+    def _retire(self, slots: _Slots, finished: dict[int, list[int]]) -> _Slots | None:
+        """Rows that emitted a stop token or reached max_new_tokens leave; their slots become free."""
+        keep = []
+        for position, (row, tokens) in enumerate(zip(slots.rows, slots.tokens)):
+            if tokens[-1] in self.settings.eos_token_ids or len(tokens) >= self.settings.max_new_tokens:
+                finished[row] = tokens
+            else:
+                keep.append(position)
+        if not keep:
+            return None
+        if len(keep) < len(slots):
+            slots.keep(keep)
+        return slots

@@ -1,0 +1,209 @@
+"""Continuous batching: rows decoded through fewer slots than rows, refilled as rows stop, generate what one plain
+batched `model.generate` call generates, and only the tokens each row needs are decoded."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from operators import continuous_batching
+from operators.continuous_batching import decoding_settings
+from operators.generate import REPLICA_STATS_COLUMN, Generate
+from operators.preprocess import PreprocessForModel
+from operators.tensor_codec import unpack_arrays
+from pipeline.tiny_models import varied_length_stop_token
+from tests.support.images import SIZES, image_bytes
+
+FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]
+PROMPTS = ["Describe this image.", "What is in the picture? Answer in detail please.", "Name it.", "Colours?"]
+ROWS = 10
+MAX_NEW_TOKENS = 16
+
+
+def raw_batch(count: int = ROWS) -> dict[str, np.ndarray]:
+    data = np.empty(count, dtype=object)
+    data[:] = [image_bytes(index, SIZES[index % len(SIZES)], "PNG") for index in range(count)]
+    return {
+        "id": np.array([f"row-{index}" for index in range(count)], dtype=object),
+        "image_bytes": data,
+        "prompt": np.array([PROMPTS[index % len(PROMPTS)] for index in range(count)], dtype=object),
+    }
+
+
+def operator(model: str, slots: int, continuous: bool = True, **kwargs) -> Generate:
+    settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, **kwargs.pop("generate_kwargs", {})}
+    return Generate(
+        model,
+        generate_kwargs=settings,
+        dtype="float32",
+        rows_per_call=slots,
+        continuous_batching=continuous,
+        **kwargs,
+    )
+
+
+def stop_token_ending_rows_early(model: str, prepared: dict[str, np.ndarray]) -> int:
+    """A stop token that ends these rows at different lengths, from their plain greedy outputs."""
+    plain = operator(model, ROWS, continuous=False)
+    rows = [plain.expand_row_pixels(unpack_arrays(blob)) for blob in prepared["model_inputs"]]
+    inputs = plain.collate_on_device(rows, "left")
+    with torch.inference_mode():
+        output = plain.model.generate(
+            **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=plain.pad_token_id
+        )
+    return varied_length_stop_token(output[:, inputs["input_ids"].shape[1] :].tolist())
+
+
+@pytest.fixture(scope="module")
+def family_rows(tiny_models):
+    """family -> (model path, preprocessed rows, a stop token that ends them at different lengths), built once."""
+    built = {}
+
+    def build(family: str) -> tuple[str, dict[str, np.ndarray], int]:
+        if family not in built:
+            model = str(tiny_models[family])
+            prepared = PreprocessForModel(model, max_image_pixels=10**8)(raw_batch())
+            assert all(error is None for error in prepared["error"])
+            built[family] = model, prepared, stop_token_ending_rows_early(model, prepared)
+        return built[family]
+
+    return build
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_through_three_slots_generate_what_one_plain_batch_generates(family, family_rows):
+    model, prepared, stop = family_rows(family)
+    settings = {"generate_kwargs": {"eos_token_id": stop}}
+    plain = operator(model, ROWS, continuous=False, **settings)(prepared)
+    slotted = operator(model, 3, **settings)(prepared)
+
+    assert list(slotted["generated_text"]) == list(plain["generated_text"]), family
+    counts = [int(count) for count in slotted["num_output_tokens"]]
+    assert counts == [int(count) for count in plain["num_output_tokens"]]
+    assert list(slotted["finish_reason"]) == list(plain["finish_reason"])
+    assert len(set(counts)) >= 3, f"rows should stop at different lengths: {counts}"
+    assert "stop" in set(slotted["finish_reason"])
+    stats = json.loads(slotted[REPLICA_STATS_COLUMN][0])
+    # A row's first token comes from its prefill; each later token is one decoding step of that row, no more:
+    # finished rows are not decoded on while others run, as `generate` does to the end of its longest row.
+    assert stats["decode_row_steps"] == sum(counts) - ROWS
+    assert stats["decode_row_steps"] < ROWS * (max(counts) - 1)
+    assert 0.5 < stats["decode_row_steps"] / stats["decode_slot_steps"] <= 1.0
+
+
+def test_sampled_rows_do_not_depend_on_the_rows_beside_them(family_rows):
+    model, prepared, _ = family_rows("llava")
+    sampling = {"generate_kwargs": {"do_sample": True, "temperature": 1.5, "top_p": 0.95}}
+    batched = operator(model, 4, **sampling)(prepared)["generated_text"].tolist()
+    alone = [
+        operator(model, 1, **sampling)({name: values[i : i + 1] for name, values in prepared.items()})
+        for i in (0, 5)
+    ]
+    assert [out["generated_text"][0] for out in alone] == [batched[0], batched[5]]
+    assert operator(model, 4, **sampling)(prepared)["generated_text"].tolist() == batched
+    reseeded = operator(model, 4, seed=1, **sampling)(prepared)["generated_text"].tolist()
+    assert reseeded != batched
+    greedy = operator(model, 4)(prepared)["generated_text"].tolist()
+    assert greedy != batched
+
+
+def test_min_new_tokens_holds_the_stop_token_back(family_rows):
+    model, prepared, stop = family_rows("llava_next")
+    settings = {"generate_kwargs": {"eos_token_id": stop, "min_new_tokens": 5}}
+    slotted = operator(model, 3, **settings)(prepared)
+    plain = operator(model, ROWS, continuous=False, **settings)(prepared)
+    assert list(slotted["generated_text"]) == list(plain["generated_text"])
+    assert list(slotted["num_output_tokens"]) == list(plain["num_output_tokens"])
+    assert min(slotted["num_output_tokens"]) >= 5
+
+
+def test_token_budget_caps_the_rows_decoded_at_once(tiny_models):
+    model = str(tiny_models["llava"])
+    prepared = PreprocessForModel(model, max_image_pixels=10**8)(raw_batch(6))
+    longest = max(int(count) for count in prepared["num_input_tokens"])
+    budgeted = operator(model, 6, max_batch_tokens=2 * longest)  # two rows at a time, at most
+    rows_per_forward = []
+    real_forward = budgeted.model.forward
+
+    def counting_forward(*args, **kwargs):
+        rows_per_forward.append(int(kwargs["input_ids"].shape[0]))
+        return real_forward(*args, **kwargs)
+
+    budgeted.model.forward = counting_forward
+    out = budgeted(prepared)
+    assert list(out["generated_text"]) == list(
+        operator(model, 6, continuous=False)(prepared)["generated_text"]
+    )
+    assert max(rows_per_forward) == 2
+
+
+def test_a_cache_that_cannot_be_rearranged_runs_model_generate(tiny_models, monkeypatch):
+    model = str(tiny_models["llava"])
+    prepared = PreprocessForModel(model, max_image_pixels=10**8)(raw_batch(4))
+    expected = operator(model, 4, continuous=False)(prepared)["generated_text"].tolist()
+    generate = operator(model, 2)
+    monkeypatch.setattr(continuous_batching, "cache_is_rearrangeable", lambda cache: False)
+    calls = []
+    real_generate = generate.model.generate
+
+    def counting_generate(**kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(generate.model, "generate", counting_generate)
+    assert generate(prepared)["generated_text"].tolist() == expected
+    assert calls == [2, 2] and generate.continuous_batching is False
+
+
+def test_rows_with_one_and_two_images_share_the_slots(tiny_models):
+    model = str(tiny_models["llava_interleave"])
+    data = np.empty(5, dtype=object)
+    data[:] = [[image_bytes(2 * i, SIZES[i]), image_bytes(2 * i + 1, SIZES[i + 1])] for i in range(3)] + [
+        image_bytes(7, SIZES[0]),
+        image_bytes(8, SIZES[2]),
+    ]
+    prompts = ["Compare <image> and <image>."] * 3 + ["Describe this image."] * 2
+    batch = {
+        "id": np.array(list("abcde"), dtype=object),
+        "image_bytes": data,
+        "prompt": np.array(prompts, dtype=object),
+    }
+    prepared = PreprocessForModel(model, max_image_pixels=10**8)(batch)
+    assert all(error is None for error in prepared["error"])
+    slotted = operator(model, 2)(prepared)["generated_text"].tolist()
+    assert slotted == operator(model, 5, continuous=False)(prepared)["generated_text"].tolist()
+    assert len(set(slotted)) == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "reproduced"),
+    [
+        ({}, True),
+        ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20}, True),
+        ({"repetition_penalty": 1.3}, False),
+        ({"num_beams": 2}, False),
+        ({"no_repeat_ngram_size": 3}, False),
+        ({"repetition_penalty": 1.0}, True),  # the neutral value changes nothing
+    ],
+)
+def test_settings_the_slots_do_not_reproduce_go_to_model_generate(tiny_models, extra, reproduced):
+    generate = operator(str(tiny_models["llava"]), 2)
+    kwargs = {"max_new_tokens": 7, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    settings = decoding_settings(generate.model, {**kwargs, **extra}, {2})
+    assert (settings is not None) == reproduced
+    if settings is not None:
+        assert settings.max_new_tokens == 7 and settings.eos_token_ids == frozenset(generate.eos_token_ids)
+        assert (settings.do_sample, settings.temperature, settings.top_p, settings.top_k) == (
+            (True, 0.7, 0.9, 20) if extra.get("do_sample") else (False, 1.0, 1.0, 0)
+        )
+
+
+def test_stop_token_from_the_settings_wins(tiny_models):
+    generate = operator(str(tiny_models["llava"]), 2)
+    settings = decoding_settings(generate.model, {"max_new_tokens": 3, "eos_token_id": [5, 6]}, {2})
+    assert settings.eos_token_ids == frozenset({5, 6})
+    assert torch.equal(
+        continuous_batching.ContinuousBatcher(generate.model, settings, collate=dict, slots=2).eos,
+        torch.tensor([5, 6]),
+    )
