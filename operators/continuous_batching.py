@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from operators.prefix_sharing import cache_argument_name, position_ids_from_mask
 
@@ -124,9 +125,42 @@ def row_generators(ids: Sequence[str], seed: int, device: torch.device) -> list[
     return generators
 
 
+class GrowingLayer(DynamicLayer):
+    """A KV cache layer with spare room after its last position: a decoding step writes its new position in
+    place. transformers' DynamicLayer concatenates instead, copying the whole cache of the batch every step, which
+    on a GPU moves as many bytes as the attention itself reads."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
+        super().__init__()
+        self.device, self.is_initialized, self.spare = keys.device, True, spare
+        self._allocate(keys, values)
+
+    def _allocate(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        length = keys.shape[-2]
+        self.key_buffer = keys.new_empty((*keys.shape[:-2], length + self.spare, keys.shape[-1]))
+        self.value_buffer = values.new_empty((*values.shape[:-2], length + self.spare, values.shape[-1]))
+        self.key_buffer[..., :length, :] = keys
+        self.value_buffer[..., :length, :] = values
+        self.keys, self.values = self.key_buffer[..., :length, :], self.value_buffer[..., :length, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        length, new = self.keys.shape[-2], key_states.shape[-2]
+        if length + new > self.key_buffer.shape[-2]:
+            self._allocate(self.keys, self.values)
+        self.key_buffer[..., length : length + new, :] = key_states
+        self.value_buffer[..., length : length + new, :] = value_states
+        self.keys = self.key_buffer[..., : length + new, :]
+        self.values = self.value_buffer[..., : length + new, :]
+        return self.keys, self.values
+
+
 class _Slots:
-    """The active rows: their KV cache (left-padded, each row's entries right-aligned), attention mask, the next
-    position id and last token of each, and their new tokens so far."""
+    """The rows in the batch: their KV cache (left-padded, each row's entries right-aligned), attention mask, the
+    next position id and last token of each, their new tokens so far, and which of them are done. A done row stays
+    in the batch (its outputs ignored) until the batch is rebuilt, so that the cache is copied once per refill
+    rather than once per finished row."""
 
     def __init__(self, rows: list[int], cache: Any, mask: torch.Tensor) -> None:
         self.rows = rows
@@ -134,39 +168,46 @@ class _Slots:
         self.mask = mask
         self.positions = mask.sum(dim=1)  # real tokens so far = the next token's position id
         self.tokens: list[list[int]] = [[] for _ in rows]
+        self.done = [False] * len(rows)
         self.last = torch.zeros(len(rows), dtype=torch.long, device=mask.device)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def layers(self) -> list[Any]:
-        return list(self.cache.layers)
+    @property
+    def live(self) -> list[int]:
+        """Batch positions of the rows still decoding."""
+        return [position for position, done in enumerate(self.done) if not done]
 
-    def join(self, other: _Slots) -> None:
-        """Append `other`'s rows; the shorter side's cache and mask get left padding."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.layers(), other.layers()):
-            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
-            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
-        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(other.mask, width, dim=1)])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.last = torch.cat([self.last, other.last])
-        self.rows += other.rows
-        self.tokens += other.tokens
-
-    def keep(self, keep: list[int]) -> None:
-        """Keep these batch entries, then drop the leading cache columns that are padding for every row left."""
+    def rebuild(self, spare: int, other: _Slots | None = None) -> None:
+        """One copy of the cache: drop the done rows, append `other`'s rows (the shorter side left-padded), drop
+        the leading columns that are padding for every row left, and leave `spare` free positions at the end."""
+        keep = self.live
         index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        start = int((mask.sum(dim=0) > 0).nonzero()[0]) if len(keep) else mask.shape[1]
-        for layer in self.layers():
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        masks = [self.mask.index_select(0, index)] + ([other.mask] if other is not None else [])
+        width = max(mask.shape[1] for mask in masks)
+        mask = torch.cat([_left_pad(part, width, dim=1) for part in masks])
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])
+        theirs = other.cache.layers if other is not None else [None] * len(self.cache.layers)
+        for position, (layer, their_layer) in enumerate(zip(self.cache.layers, theirs)):
+            parts = [(layer.keys.index_select(0, index), layer.values.index_select(0, index))]
+            if their_layer is not None:
+                parts.append((their_layer.keys, their_layer.values))
+            keys = torch.cat([_left_pad(part[0], width) for part in parts])[:, :, start:]
+            values = torch.cat([_left_pad(part[1], width) for part in parts])[:, :, start:]
+            self.cache.layers[position] = GrowingLayer(keys, values, spare)
         self.mask = mask[:, start:]
         self.positions = self.positions.index_select(0, index)
         self.last = self.last.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
         self.tokens = [self.tokens[i] for i in keep]
+        self.done = [False] * len(keep)
+        if other is not None:
+            self.positions = torch.cat([self.positions, other.positions])
+            self.last = torch.cat([self.last, other.last])
+            self.rows += other.rows
+            self.tokens += other.tokens
+            self.done += other.done
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
@@ -180,8 +221,6 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
 
 def cache_is_rearrangeable(cache: Any) -> bool:
     """Only plain dynamic layers (full attention, no sliding window or quantisation) are merged and trimmed here."""
-    from transformers.cache_utils import DynamicLayer
-
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
@@ -206,7 +245,12 @@ class ContinuousBatcher:
         self.max_tokens = max_tokens
         self.cache_name = cache_argument_name(model)
         self.steps = 0  # decoding forwards
-        self.row_steps = 0  # active rows summed over those forwards: occupancy = row_steps / (steps x slots)
+        self.row_steps = 0  # live rows summed over those forwards: occupancy = row_steps / (steps x slots)
+        self.batch_row_steps = 0  # rows in those forwards, done rows not yet dropped included
+        self.refill_at = max(1, int(self.slots * REFILL_FRACTION))
+        # Free positions a rebuilt cache keeps after its last one: the longest a row can still grow, so that a
+        # batch's cache is reallocated at its rebuilds only.
+        self.spare = settings.max_new_tokens
         self.prefills = 0
         eos = sorted(settings.eos_token_ids)
         self.eos = torch.tensor(eos, dtype=torch.long, device=model.device)
@@ -239,30 +283,31 @@ class ContinuousBatcher:
         self.generators = generators
         waiting = deque(range(len(rows)))
         finished: dict[int, list[int]] = {}
-        active: _Slots | None = None
-        while waiting or active is not None:
-            free = self.slots - (len(active) if active else 0)
-            if waiting and (active is None or free >= max(1, int(self.slots * REFILL_FRACTION))):
-                admitted = self._admit(waiting, rows, free, active)
+        batch: _Slots | None = None
+        while waiting or batch is not None:
+            live = len(batch.live) if batch is not None else 0
+            if waiting and (live == 0 or self.slots - live >= self.refill_at):
+                admitted = self._admit(waiting, rows, self.slots - live, batch)
                 if admitted:
                     joined = self._prefill(admitted, rows)
-                    if active is None:
-                        active = joined
+                    if batch is None:
+                        joined.rebuild(self.spare)  # into growing layers
+                        batch = joined
                     else:
-                        active.join(joined)
-                    active = self._retire(active, finished)
+                        batch.rebuild(self.spare, joined)
+                    batch = self._retire(batch, finished, bool(waiting))
                     continue
-            if active is not None:
-                self._decode_step(active)
-                active = self._retire(active, finished)
+            if batch is not None:
+                self._decode_step(batch)
+                batch = self._retire(batch, finished, bool(waiting))
         return [finished[index] for index in range(len(rows))]
 
-    def _admit(self, waiting: deque[int], rows: Sequence[Any], free: int, active: _Slots | None) -> list[int]:
+    def _admit(self, waiting: deque[int], rows: Sequence[Any], free: int, batch: _Slots | None) -> list[int]:
         """Up to `free` waiting rows, in order, within the token budget (rows x longest cache row); a row alone
         is always admitted, as a generate call of one row over the budget still runs."""
         admitted: list[int] = []
-        width = active.mask.shape[1] if active is not None else 0
-        count = len(active) if active is not None else 0
+        width = batch.mask.shape[1] if batch is not None else 0
+        count = len(batch.live) if batch is not None else 0
         while waiting and len(admitted) < free:
             candidate = len(rows[waiting[0]]["input_ids"])
             wider = max(width, candidate)
@@ -293,57 +338,59 @@ class ContinuousBatcher:
         self._choose(slots, output.logits[:, -1, :])
         return slots
 
-    def _decode_step(self, slots: _Slots) -> None:
-        ones = torch.ones((len(slots), 1), dtype=slots.mask.dtype, device=slots.mask.device)
-        slots.mask = torch.cat([slots.mask, ones], dim=1)
+    def _decode_step(self, batch: _Slots) -> None:
+        ones = torch.ones((len(batch), 1), dtype=batch.mask.dtype, device=batch.mask.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
         output = self.model(
-            input_ids=slots.last[:, None],
-            attention_mask=slots.mask,
-            position_ids=slots.positions[:, None],
+            input_ids=batch.last[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
             use_cache=True,
             logits_to_keep=1,
-            **{self.cache_name: slots.cache},
+            **{self.cache_name: batch.cache},
         )
-        slots.positions = slots.positions + 1
+        batch.positions = batch.positions + 1
         self.steps += 1
-        self.row_steps += len(slots)
-        self._choose(slots, output.logits[:, -1, :])
+        self.row_steps += len(batch.live)
+        self.batch_row_steps += len(batch)
+        self._choose(batch, output.logits[:, -1, :])
 
-    def _choose(self, slots: _Slots, logits: torch.Tensor) -> None:
-        """The next token of every active row from its last logits, as `generate` picks it."""
+    def _choose(self, batch: _Slots, logits: torch.Tensor) -> None:
+        """The next token of every live row from its last logits, as `generate` picks it."""
         scores = logits.to(dtype=torch.float32)
-        counts = torch.tensor([len(tokens) for tokens in slots.tokens], device=scores.device)
+        counts = torch.tensor([len(tokens) for tokens in batch.tokens], device=scores.device)
         too_short = counts < self.settings.min_new_tokens
         if bool(too_short.any()):  # MinNewTokensLengthLogitsProcessor: no stop token before min_new_tokens
-            scores[
-                too_short[:, None] & torch.isin(torch.arange(scores.shape[1], device=scores.device), self.eos)
-            ] = -float("inf")
+            vocabulary = torch.arange(scores.shape[1], device=scores.device)
+            scores[too_short[:, None] & torch.isin(vocabulary, self.eos)] = -float("inf")
         if self.settings.do_sample:
             for warper in self.warpers:
                 scores = warper(None, scores)
             probabilities = torch.softmax(scores, dim=-1)
-            chosen = torch.cat(
-                [
-                    torch.multinomial(probabilities[i], 1, generator=self.generators[row])
-                    for i, row in enumerate(slots.rows)
-                ]
-            )
+            chosen = torch.zeros(len(batch), dtype=torch.long, device=scores.device)
+            for position in batch.live:  # a done row's draw would be thrown away: its generator stays put
+                generator = self.generators[batch.rows[position]]
+                chosen[position] = torch.multinomial(probabilities[position], 1, generator=generator)[0]
         else:
             chosen = scores.argmax(dim=-1)
-        slots.last = chosen
-        for tokens, token in zip(slots.tokens, chosen.tolist()):
-            tokens.append(token)
+        batch.last = chosen
+        for position, token in enumerate(chosen.tolist()):
+            if not batch.done[position]:
+                batch.tokens[position].append(token)
 
-    def _retire(self, slots: _Slots, finished: dict[int, list[int]]) -> _Slots | None:
-        """Rows that emitted a stop token or reached max_new_tokens leave; their slots become free."""
-        keep = []
-        for position, (row, tokens) in enumerate(zip(slots.rows, slots.tokens)):
+    def _retire(self, batch: _Slots, finished: dict[int, list[int]], rows_waiting: bool) -> _Slots | None:
+        """Rows that emitted a stop token or reached max_new_tokens are done and their slots free. The batch is
+        rebuilt without them when waiting rows can take their slots (the refill does that) or, with none waiting,
+        once a quarter of it is done: until then a done row costs its share of each step, but no copy."""
+        for position in batch.live:
+            tokens = batch.tokens[position]
             if tokens[-1] in self.settings.eos_token_ids or len(tokens) >= self.settings.max_new_tokens:
-                finished[row] = tokens
-            else:
-                keep.append(position)
-        if not keep:
+                finished[batch.rows[position]] = tokens
+                batch.done[position] = True
+        live = len(batch.live)
+        if live == 0:
             return None
-        if len(keep) < len(slots):
-            slots.keep(keep)
-        return slots
+        done = len(batch) - live
+        if done and not rows_waiting and done >= max(1, int(len(batch) * REFILL_FRACTION)):
+            batch.rebuild(self.spare)
+        return batch

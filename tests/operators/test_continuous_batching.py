@@ -76,7 +76,17 @@ def test_rows_through_three_slots_generate_what_one_plain_batch_generates(family
     model, prepared, stop = family_rows(family)
     settings = {"generate_kwargs": {"eos_token_id": stop}}
     plain = operator(model, ROWS, continuous=False, **settings)(prepared)
-    slotted = operator(model, 3, **settings)(prepared)
+    slotted_operator = operator(model, 3, **settings)
+    decoded_rows = []  # rows in each decoding forward (one new token per row)
+    real_forward = slotted_operator.model.forward
+
+    def counting_forward(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1:
+            decoded_rows.append(int(kwargs["input_ids"].shape[0]))
+        return real_forward(*args, **kwargs)
+
+    slotted_operator.model.forward = counting_forward
+    slotted = slotted_operator(prepared)
 
     assert list(slotted["generated_text"]) == list(plain["generated_text"]), family
     counts = [int(count) for count in slotted["num_output_tokens"]]
@@ -85,10 +95,12 @@ def test_rows_through_three_slots_generate_what_one_plain_batch_generates(family
     assert len(set(counts)) >= 3, f"rows should stop at different lengths: {counts}"
     assert "stop" in set(slotted["finish_reason"])
     stats = json.loads(slotted[REPLICA_STATS_COLUMN][0])
-    # A row's first token comes from its prefill; each later token is one decoding step of that row, no more:
-    # finished rows are not decoded on while others run, as `generate` does to the end of its longest row.
+    # A row's first token comes from its prefill and each later one from one decoding step of that row.
     assert stats["decode_row_steps"] == sum(counts) - ROWS
-    assert stats["decode_row_steps"] < ROWS * (max(counts) - 1)
+    assert stats["decode_steps"] == len(decoded_rows) and max(decoded_rows) <= 3
+    # Done rows stay in the batch until the next refill (one cache copy for several of them), so the forwards
+    # decode a little more than the live rows, but far less than one batch decoded to its longest row.
+    assert sum(counts) - ROWS <= sum(decoded_rows) < ROWS * (max(counts) - 1)
     assert 0.5 < stats["decode_row_steps"] / stats["decode_slot_steps"] <= 1.0
 
 
@@ -207,3 +219,18 @@ def test_stop_token_from_the_settings_wins(tiny_models):
         continuous_batching.ContinuousBatcher(generate.model, settings, collate=dict, slots=2).eos,
         torch.tensor([5, 6]),
     )
+
+
+def test_growing_layer_appends_in_place_until_its_spare_room_is_used():
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = continuous_batching.GrowingLayer(keys, values, spare=2)
+    storage = layer.key_buffer.data_ptr()
+    steps = [(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)) for _ in range(3)]
+    for step, (new_keys, new_values) in enumerate(steps):
+        returned_keys, returned_values = layer.update(new_keys, new_values)
+        keys, values = torch.cat([keys, new_keys], dim=2), torch.cat([values, new_values], dim=2)
+        assert torch.equal(returned_keys, keys) and torch.equal(returned_values, values)
+        assert layer.get_seq_length() == 6 + step
+        # Two steps fit the spare room: written in place; the third reallocates (with new spare room).
+        assert (layer.key_buffer.data_ptr() == storage) == (step < 2)
+    assert layer.key_buffer.shape[2] == 7 + 2  # reallocated holding 7 positions, plus the spare room
