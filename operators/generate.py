@@ -1,8 +1,10 @@
-"""GPU side: one model replica per actor; left-pads a batch of preprocessed rows and runs batched `generate`.
+"""GPU side: one model replica per actor; decodes a window of preprocessed rows, left-padded, through its slots
+(operators.continuous_batching) or in batched `model.generate` calls.
 
-Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes `generated_text`, `num_output_tokens`,
-`finish_reason`, `model`, `error`, and `_replica_stats` (this call's busy and idle seconds, JSON, on the batch's first
-row; the committer adds them up and drops the column); drops `model_inputs`.
+Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes
+`generated_text`, `num_output_tokens`, `finish_reason`, `model`, `error`, and `_replica_stats` (this call's busy and
+idle seconds and decoding-slot counts, JSON, on the batch's first row; the committer adds them up and drops the
+column); drops `model_inputs`.
 """
 
 from __future__ import annotations
