@@ -129,3 +129,25 @@ def test_several_prompts_per_image_share_the_image_and_agree_with_the_loop(
             "operator_vs_loop": 1.0,
         }
     ]
+
+
+def test_varied_lengths_stop_rows_early_alike_in_every_variant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    run = run_script(
+        tmp_path_factory.mktemp("gpu-script-varied"),
+        *("--families", "llava", "--batch-sizes", "4", "--varied-lengths", "--min-images", "8"),
+    )
+    report = run["report"]
+    assert report["varied_lengths"] is True and report["length_window"] == 4
+    assert "'eos_token_id':" in run["stdout"]  # the probed stop token, printed with the decoding settings
+    found = {row["variant"]: row for row in report["results"]}
+    tokens_per_image = {
+        variant: row["output_tokens_per_s"] / row["images_per_s"] for variant, row in found.items()
+    }
+    # Rows stop at the probed token, before the 8-token limit on average, and every variant counts the same
+    # tokens for the rows it shares with the loop; the operator's outputs equal the loop's.
+    assert 1 <= tokens_per_image["operator"] < report["new_tokens"]
+    assert tokens_per_image["operator"] == pytest.approx(tokens_per_image["pipeline"])
+    assert report["agreement"][0]["operator_vs_loop"] == 1.0
+    assert report["agreement"][0]["pipeline_vs_loop"] == 1.0
