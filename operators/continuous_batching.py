@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from operators.prefix_sharing import cache_argument_name, position_ids_from_mask
+from operators.prefix_sharing import cache_argument_name, prefill
 
 logger = logging.getLogger(__name__)
 
@@ -324,18 +324,12 @@ class ContinuousBatcher:
     def _prefill(self, admitted: list[int], rows: Sequence[Any]) -> _Slots:
         """One forward over the admitted rows' prompts (vision tower included); picks each row's first token."""
         batch = self.collate([rows[index] for index in admitted])
-        output = self.model(
-            **batch,
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = getattr(output, self.cache_name)
+        last_logits, cache = prefill(self.model, batch)
         if not cache_is_rearrangeable(cache):
             raise NotImplementedError(f"{type(cache).__name__} layers cannot be rearranged between rows")
         self.prefills += 1
         slots = _Slots(list(admitted), cache, batch["attention_mask"].long())
-        self._choose(slots, output.logits[:, -1, :])
+        self._choose(slots, last_logits)
         return slots
 
     def _decode_step(self, batch: _Slots) -> None:

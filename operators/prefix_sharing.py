@@ -113,19 +113,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
+def prefill(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """One forward pass over left-padded prompts, vision tower included: (each row's last logits, KV cache)."""
+    output = model(
+        **batch,
+        position_ids=position_ids_from_mask(batch["attention_mask"]),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1, :], getattr(output, cache_argument_name(model))
+
+
 def prefill_prefixes(
     model: torch.nn.Module, prefix_batch: dict[str, torch.Tensor], plan: SharedPrefixPlan
 ) -> Any:
     """One forward pass over the distinct prefixes (vision tower included); returns their KV cache with one
     batch entry per row of the call, in row order."""
-    name = cache_argument_name(model)
-    output = model(
-        **prefix_batch,
-        position_ids=position_ids_from_mask(prefix_batch["attention_mask"]),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = getattr(output, name)
+    _, cache = prefill(model, prefix_batch)
     index = torch.tensor(plan.group, dtype=torch.long, device=prefix_batch["input_ids"].device)
     cache.reorder_cache(index)  # an index_select on every layer's keys and values: repeats copy a prefix
     return cache
