@@ -27,8 +27,9 @@ from operators.prefix_sharing import cache_argument_name, prefill
 
 logger = logging.getLogger(__name__)
 
-# Free slots wait until a quarter of them are free (or none are busy), so new rows are prefilled in groups: one
-# prefill forward per row would interrupt decoding slot by slot. The average occupancy stays at 7/8 or more.
+# Free slots wait until a quarter of them are free (or none are busy), so new rows are prefilled in groups and the
+# cache is copied once for several finished rows: a prefill and a copy per finished row would interrupt decoding
+# slot by slot. While rows are waiting this leaves about an eighth of the slots empty on average.
 REFILL_FRACTION = 0.25
 
 # Generation settings reproduced here, and settings whose value here changes nothing (beam-search-only knobs,
@@ -246,12 +247,10 @@ class ContinuousBatcher:
         self.cache_name = cache_argument_name(model)
         self.steps = 0  # decoding forwards
         self.row_steps = 0  # live rows summed over those forwards: occupancy = row_steps / (steps x slots)
-        self.batch_row_steps = 0  # rows in those forwards, done rows not yet dropped included
         self.refill_at = max(1, int(self.slots * REFILL_FRACTION))
         # Free positions a rebuilt cache keeps after its last one: the longest a row can still grow, so that a
         # batch's cache is reallocated at its rebuilds only.
         self.spare = settings.max_new_tokens
-        self.prefills = 0
         eos = sorted(settings.eos_token_ids)
         self.eos = torch.tensor(eos, dtype=torch.long, device=model.device)
         self.warpers = self._warpers()
@@ -327,7 +326,6 @@ class ContinuousBatcher:
         last_logits, cache = prefill(self.model, batch)
         if not cache_is_rearrangeable(cache):
             raise NotImplementedError(f"{type(cache).__name__} layers cannot be rearranged between rows")
-        self.prefills += 1
         slots = _Slots(list(admitted), cache, batch["attention_mask"].long())
         self._choose(slots, last_logits)
         return slots
@@ -346,7 +344,6 @@ class ContinuousBatcher:
         batch.positions = batch.positions + 1
         self.steps += 1
         self.row_steps += len(batch.live)
-        self.batch_row_steps += len(batch)
         self._choose(batch, output.logits[:, -1, :])
 
     def _choose(self, batch: _Slots, logits: torch.Tensor) -> None:
