@@ -85,6 +85,15 @@ class DecodingSettings:
     top_p: float = 1.0
 
 
+def stop_token_ids(
+    eos_token_id: int | list[int] | None, default: set[int] | frozenset[int]
+) -> frozenset[int]:
+    """A generation config's `eos_token_id` (one id or a list) as a set; `default` where it is unset."""
+    if eos_token_id is None:
+        return frozenset(default)
+    return frozenset(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+
+
 def decoding_settings(
     model: torch.nn.Module, generate_kwargs: dict[str, Any], default_eos: set[int]
 ) -> DecodingSettings | None:
@@ -100,10 +109,7 @@ def decoding_settings(
     if unsupported or not config.max_new_tokens:
         logger.info("continuous batching off for these settings (%s): model.generate runs them", unsupported)
         return None
-    eos = config.eos_token_id
-    eos_ids = (
-        frozenset(eos if isinstance(eos, list) else [eos]) if eos is not None else frozenset(default_eos)
-    )
+    eos_ids = stop_token_ids(config.eos_token_id, default_eos)
     sample = bool(config.do_sample)
     return DecodingSettings(
         max_new_tokens=int(config.max_new_tokens),

@@ -25,6 +25,7 @@ from operators.continuous_batching import (
     DecodingSettings,
     decoding_settings,
     row_generators,
+    stop_token_ids,
 )
 from operators.length_grouping import plan_generate_calls
 from operators.pixel_transport import expand_pixels, pixel_table
@@ -266,8 +267,8 @@ class Generate:
         # Rows per generate call that fit in memory, learned per prompt-length bucket after an OOM.
         self.max_rows_by_length: dict[int, int] = {}
         config = self.model.generation_config
-        eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
+        tokenizer_eos = {self.tokenizer.eos_token_id}
+        self.eos_token_ids = set(stop_token_ids(config.eos_token_id, tokenizer_eos))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self.clock = ReplicaClock()  # started last: loading the model is start-up, not waiting for input
@@ -391,9 +392,8 @@ class Generate:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            except (
-                NotImplementedError
-            ) as error:  # a cache this model builds cannot be rearranged between rows
+            except NotImplementedError as error:
+                # A cache this model builds cannot be rearranged between rows (a sliding window, say).
                 logger.warning("continuous batching off for this replica (%s); model.generate runs", error)
                 self.continuous_batching, continuous = False, None
                 continue
@@ -451,8 +451,7 @@ class Generate:
             output = self.model.generate(**inputs, **kwargs, **{cache_argument_name(self.model): cache})
         self.clock.generate_s += time.monotonic() - started
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu().tolist()
-        eos = kwargs.get("eos_token_id")
-        stop_ids = self.eos_token_ids if eos is None else set(eos if isinstance(eos, list) else [eos])
+        stop_ids = stop_token_ids(kwargs.get("eos_token_id"), self.eos_token_ids)
         return [self._finish(tokens, stop_ids) for tokens in new_tokens]
 
     def collate_on_device(self, rows: list[dict[str, Any]], padding_side: str) -> dict[str, torch.Tensor]:
