@@ -108,6 +108,43 @@ def breakdown(runs: shared.Runs) -> list[str]:
     return lines
 
 
+def prefill_ceilings(
+    runs: shared.Runs,
+    preprocess: PreprocessForModel,
+    operator: Generate,
+    inputs: shared.Inputs,
+    batch_sizes: list[int],
+    *,
+    min_images: int,
+    window: int,
+    repeats: int,
+) -> dict[int, dict[str, float]]:
+    """The most any decoding-side saving could give over the pipeline, measured: the operator run again on the same
+    rows with one new token (vision tower, prompt prefill and the first token: work every variant does alike),
+    plus its preprocessing. If decoding the other tokens cost nothing, the operator's end-to-end time per image
+    would be this, so pipeline time / this bounds the ratio for anything short of doing less prefill work."""
+    kept = operator.generate_kwargs
+    operator.generate_kwargs = shared.fixed_length_kwargs(1)
+    ceilings: dict[int, dict[str, float]] = {}
+    try:
+        for size in batch_sizes:
+            subset = inputs.head(shared.images_for(size, min_images))
+            passes = [shared.run_operator(preprocess, operator, subset, size, window) for _ in range(repeats)]
+            prefill = shared.median([1 / run.end_to_end_images_per_s for run in passes])
+            pipeline = shared.median([run.seconds / run.images for run in runs.get(("pipeline", size), [])])
+            operator_wall = shared.median(
+                [1 / run.end_to_end_images_per_s for run in runs.get(("operator", size), [])]
+            )
+            ceilings[size] = {
+                "prefill_s_per_image": prefill,
+                "prefill_share_of_operator": prefill / operator_wall,
+                "ceiling_vs_pipeline": pipeline / prefill,
+            }
+    finally:
+        operator.generate_kwargs = kept
+    return ceilings
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             log=lambda line: print(line, flush=True),
         )
+        ceilings = prefill_ceilings(
+            runs,
+            preprocess,
+            operator,
+            inputs,
+            args.batch_sizes,
+            min_images=args.min_images,
+            window=args.length_window,
+            repeats=args.repeats,
+        )
     report = shared.summarize(CPU_LLAVA, runs, args.batch_sizes)
     results = report["results"]
     print()
@@ -226,6 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"pipeline rows per model.generate call by batch_size: {batching} -> batches: {'yes' if batched else 'NO'}"
     )
+    print(
+        "prefill (vision tower, prompt, first token; operator, with its preprocessing) and the ceiling it sets:"
+    )
+    for size, ceiling in ceilings.items():
+        print(
+            f"  batch {size:3d}: {ceiling['prefill_s_per_image']:.4f} s/img = "
+            f"{ceiling['prefill_share_of_operator']:.0%} of the operator's time; operator/pipeline could reach at "
+            f"most x{ceiling['ceiling_vs_pipeline']:.2f} if decoding cost nothing"
+        )
+    print()
     operator_rows = [row for row in results if row["variant"] == "operator" and "vs_pipeline" in row]
     met = [row["batch_size"] for row in operator_rows if row["end_to_end_vs_pipeline"] >= BAR]
     print(
@@ -244,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"SUMMARY generation_vs_peers: operator/pipeline {ratios}; operator/loop (e2e) {loop_ratios}; "
-        f"outputs agree: {'all' if agree else 'NOT all'}; bar {BAR}x: {'met' if met else 'not met'}"
+        f"outputs agree: {'all' if agree else 'NOT all'}; bar {BAR}x: {'met' if met else 'not met'}; "
+        f"prefill ceiling: "
+        + ", ".join(f"b{size} x{ceiling['ceiling_vs_pipeline']:.2f}" for size, ceiling in ceilings.items())
     )
     return 0
 
