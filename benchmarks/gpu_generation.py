@@ -488,8 +488,12 @@ class VariantRun:
     # The operator's continuous batching (no model.generate call): active rows per decoding step, on average.
     rows_per_decode_step: float | None = None
     preprocess_seconds: float = 0.0  # the operator's PreprocessForModel calls (CPU)
-    output_tokens: int = 0
+    row_tokens: list[int] = field(default_factory=list)  # new tokens of each row, its stop token included
     new_token_ids: list[list[int]] = field(default_factory=list)  # the loop's, per row, to its stop token
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.row_tokens)
 
     @property
     def images_per_s(self) -> float:
@@ -548,7 +552,8 @@ def run_operator(
     step = batch_size * window
     texts: list[str] = []
     prep_seconds = gen_seconds = model_seconds = 0.0
-    tokens = decode_steps = decode_row_steps = 0
+    row_tokens: list[int] = []
+    decode_steps = decode_row_steps = 0
     with GenerateSpy(generate.model) as spy:
         for start in range(0, len(inputs), step):
             stop = min(len(inputs), start + step)
@@ -567,7 +572,7 @@ def run_operator(
             if failed:
                 raise RuntimeError(f"the operator returned error rows: {failed[:3]}")
             texts.extend(str(text) for text in out["generated_text"])
-            tokens += sum(int(count) for count in out["num_output_tokens"])
+            row_tokens.extend(int(count) for count in out["num_output_tokens"])
             # The replica's own account of its time in the model: `model.generate` plus, where rows share an
             # image, the prefill of that image, which runs as a plain forward call before `generate`.
             stats = json.loads(out[REPLICA_STATS_COLUMN][0])
@@ -584,7 +589,7 @@ def run_operator(
         generate_rows=spy.rows,
         rows_per_decode_step=decode_row_steps / decode_steps if decode_steps else None,
         preprocess_seconds=prep_seconds,
-        output_tokens=tokens,
+        row_tokens=row_tokens,
     )
 
 
@@ -628,7 +633,7 @@ def run_pipeline(pipe: Any, inputs: Inputs, batch_size: int, decoding: dict[str,
         texts,
         generate_seconds=spy.seconds,
         generate_rows=spy.rows,
-        output_tokens=sum(len(row) for row in spy.new_tokens),
+        row_tokens=[len(row) for row in spy.new_tokens],
     )
 
 
@@ -664,7 +669,7 @@ def run_loop(model: torch.nn.Module, processor: Any, inputs: Inputs, decoding: d
         texts,
         generate_seconds=spy.seconds,
         generate_rows=spy.rows,
-        output_tokens=sum(len(row) for row in spy.new_tokens),
+        row_tokens=[len(row) for row in spy.new_tokens],
         new_token_ids=spy.new_tokens,
     )
 
@@ -753,6 +758,18 @@ def rows_per_call_text(run: VariantRun) -> str:
     return f"rows per generate {sorted(set(run.generate_rows))}"
 
 
+def token_spread(row_tokens: list[int]) -> dict[str, float]:
+    """New tokens per row: how much the rows' lengths differ (with --varied-lengths, what the slots save on)."""
+    if not row_tokens:
+        return {}
+    return {
+        "min": min(row_tokens),
+        "median": median([float(count) for count in row_tokens]),
+        "mean": sum(row_tokens) / len(row_tokens),
+        "max": max(row_tokens),
+    }
+
+
 def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
     """Median over repeats of the ratio within each repeat (both measured minutes apart at most)."""
     return median([a / b for a, b in zip(numerators, denominators)])
@@ -777,6 +794,7 @@ def summarize(spec: ModelSpec, runs: Runs, batch_sizes: list[int]) -> dict[str, 
             "share_in_model_generate": median([run.generate_seconds / run.seconds for run in variant_runs]),
             "generate_rows_per_call": sorted(set(first.generate_rows)),
             "rows_per_decode_step": first.rows_per_decode_step,
+            "tokens_per_row": token_spread(first.row_tokens),
         }
         if variant != "loop":
             row["vs_loop"] = paired_ratio(rates, loop_rates)
@@ -905,6 +923,16 @@ def format_table(results: list[dict[str, Any]], agreements: list[dict[str, Any]]
             f"of {entry['rows_compared']} rows"
         )
     return "\n".join(lines)
+
+
+def token_spread_lines(results: list[dict[str, Any]]) -> list[str]:
+    """New tokens per row of the operator's runs: the lengths that the slots and the pipeline's batches decode."""
+    return [
+        f"  {row['family']:17s} batch {row['batch_size']:3d}: min {spread['min']}, median {spread['median']:g}, "
+        f"mean {spread['mean']:.1f}, max {spread['max']}"
+        for row in results
+        if row["variant"] == "operator" and (spread := row.get("tokens_per_row"))
+    ]
 
 
 def summary_line(name: str, results: list[dict[str, Any]]) -> str:
@@ -1037,6 +1065,9 @@ def main(argv: list[str] | None = None) -> int:
             agreements.extend(measured["agreement"])
     print()
     print(format_table(results, agreements))
+    print()
+    print("new tokens per row (operator):")
+    print("\n".join(token_spread_lines(results)))
     print()
     print(summary_line("gpu_generation", results))
     if args.json_out is not None:

@@ -149,5 +149,10 @@ def test_varied_lengths_stop_rows_early_alike_in_every_variant(
     # tokens for the rows it shares with the loop; the operator's outputs equal the loop's.
     assert 1 <= tokens_per_image["operator"] < report["new_tokens"]
     assert tokens_per_image["operator"] == pytest.approx(tokens_per_image["pipeline"])
+    # The rows differ in length (what the slots save on), alike in both variants.
+    spread = found["operator"]["tokens_per_row"]
+    assert spread == found["pipeline"]["tokens_per_row"]
+    assert 1 <= spread["min"] < spread["max"] <= report["new_tokens"]
+    assert "new tokens per row (operator):\n  llava             batch   4: min " in run["stdout"]
     assert report["agreement"][0]["operator_vs_loop"] == 1.0
     assert report["agreement"][0]["pipeline_vs_loop"] == 1.0
