@@ -1,7 +1,7 @@
 """Benchmark: the project's generation operator vs transformers.pipeline vs a per-image generate loop, on CPU.
 
 Run: python benchmarks/generation_vs_peers.py [--quick] [--batch-sizes 1 8 16] [--repeats 3] [--new-tokens 32]
-     [--threads 1] [--prompts-per-image K]   (about 5 minutes on 2 shared cores; --quick: about 1 minute)
+     [--threads 1] [--prompts-per-image K]   (about 6 minutes on 2 shared cores; --quick: about 1 minute)
 
 `--prompts-per-image K` (default 1) asks each image K different questions, image-major, as a prompt set or
 `instruct` does; every variant then answers (image, prompt) rows and "images" below count those rows. The operator
@@ -23,6 +23,10 @@ the operator's continuous batching refills finished rows' slots from its window 
 while the pipeline decodes each batch to its longest row. The operator's
 images/s counts its generate calls (in the Ray job preprocessing runs on other CPU actors at the same time);
 `e2e` adds its preprocessing, run serially in the same process, which is what the pipeline and the loop time.
+After them the operator runs once more per repeat with one new token per row (vision tower, prompt prefill,
+first token: the work every variant does alike); the pipeline's time over that is the most any saving in
+decoding could reach, printed as the prefill ceiling. The new tokens per row are printed too (min, median, mean,
+max).
 Variants are interleaved within each repeat; ratios are medians of per-repeat ratios. Torch runs one thread by
 default: what a Ray actor with num_cpus=1 gets, and on a shared 2-core machine two threads ran 2-4x slower and
 far less steadily than one (each waits on the other's core).
