@@ -132,6 +132,11 @@ def row_generators(ids: Sequence[str], seed: int, device: torch.device) -> list[
     return generators
 
 
+class CacheNotRearrangeable(Exception):
+    """The model's KV cache is not plain dynamic layers, so rows cannot be merged into or dropped from it here; the
+    caller runs `model.generate` instead."""
+
+
 class GrowingLayer(DynamicLayer):
     """A KV cache layer with spare room after its last position: a decoding step writes its new position in
     place. transformers' DynamicLayer concatenates instead, copying the whole cache of the batch every step, which
@@ -331,7 +336,7 @@ class ContinuousBatcher:
         batch = self.collate([rows[index] for index in admitted])
         last_logits, cache = prefill(self.model, batch)
         if not cache_is_rearrangeable(cache):
-            raise NotImplementedError(f"{type(cache).__name__} layers cannot be rearranged between rows")
+            raise CacheNotRearrangeable(f"{type(cache).__name__} layers cannot be rearranged between rows")
         slots = _Slots(list(admitted), cache, batch["attention_mask"].long())
         self._choose(slots, last_logits)
         return slots

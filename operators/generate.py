@@ -21,6 +21,7 @@ import torch
 
 from operators.batch import column, require_columns, row_count
 from operators.continuous_batching import (
+    CacheNotRearrangeable,
     ContinuousBatcher,
     DecodingSettings,
     decoding_settings,
@@ -392,8 +393,7 @@ class Generate:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            except NotImplementedError as error:
-                # A cache this model builds cannot be rearranged between rows (a sliding window, say).
+            except CacheNotRearrangeable as error:  # a sliding window, say
                 logger.warning("continuous batching off for this replica (%s); model.generate runs", error)
                 self.continuous_batching, continuous = False, None
                 continue

@@ -86,17 +86,20 @@ def test_out_of_memory_splits_the_batch_and_remembers_the_size(llava, monkeypatc
 
 
 @pytest.mark.parametrize("mode", ["generate", "continuous"])
-def test_a_batch_that_fails_becomes_error_rows(llava, monkeypatch, mode):
+# A NotImplementedError from the model ends as error rows too: it is not taken for a cache that continuous
+# batching cannot rearrange (which sends the call to model.generate), nor retried.
+@pytest.mark.parametrize("failure", [RuntimeError, NotImplementedError])
+def test_a_batch_that_fails_becomes_error_rows(llava, monkeypatch, mode, failure):
     preprocess, generate = llava
     batch = prepared(preprocess, 2)
     monkeypatch.setattr(generate, "continuous_batching", mode == "continuous")
 
     def broken(*args, **kwargs):
-        raise RuntimeError("device lost")
+        raise failure("device lost")
 
     monkeypatch.setattr(generate.model, ENTRY[mode], broken)
     out = generate(batch)
-    assert out["error"].tolist() == ["generate: RuntimeError: device lost"] * 2
+    assert out["error"].tolist() == [f"generate: {failure.__name__}: device lost"] * 2
     assert out["generated_text"].tolist() == [None, None]
 
 
