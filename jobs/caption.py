@@ -37,6 +37,7 @@ def caption_stages(
                 "prompts": [prompt.to_dict() for prompt in prompt_specs(config)],
                 "prompt_column": config.prompt_column,
                 "conversation_column": config.conversation_column,
+                "raw_prompt_column": config.raw_prompt_column,
             },
         ),
         *model_call_stages(
@@ -75,6 +76,8 @@ def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
         "dtype": config.dtype,
         "max_image_pixels": config.max_image_pixels,
         **grouping(config),
+        # Only when set, so outputs made before --raw-prompt-column existed stay valid.
+        **({"raw_prompt_column": config.raw_prompt_column} if config.raw_prompt_column else {}),
     }
 
 

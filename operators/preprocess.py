@@ -1,7 +1,9 @@
 """CPU side of a model: decode images, render the chat prompt, run the family's processor, tokenize unpadded.
 
-Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation`,
-`fields` (for a VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`; drops `image_bytes` (unless a later model call needs them).
+Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation` (JSON
+messages, or a JSON string: a prompt already rendered, used verbatim), `fields` (for a VipLLaVA `visual_prompt`
+annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`;
+drops `image_bytes` (unless a later model call needs them).
 Pixel values are packed as uint8 where the processor allows it (operators.pixel_transport), else as float32.
 """
 
@@ -15,7 +17,14 @@ import numpy as np
 import torch
 
 from operators.batch import column, require_columns, row_count
-from operators.chat_template import Conversation, count_images, render_prompt, user_turn
+from operators.chat_template import (
+    IMAGE_PLACEHOLDER,
+    Conversation,
+    count_images,
+    place_images,
+    render_prompt,
+    user_turn,
+)
 from operators.decode import ImageDecodeError, decode_image
 from operators.pixel_transport import (
     RAW_PIXEL_KWARGS,
@@ -71,7 +80,8 @@ class PreprocessForModel:
                 "%s has no chat template; rendering prompts with the family's fallback format", model
             )
         self.visual_prompt_field = visual_prompt_field
-        self.image_token_id = _image_token_id(self.processor)
+        self.image_token = _image_token(self.processor)
+        self.image_token_id = int(self.processor.tokenizer.convert_tokens_to_ids(self.image_token))
         image_processor = getattr(self.processor, "image_processor", None)
         self.pixel_table = pixel_table(image_processor) if compact_pixels and image_processor else None
         self.pads_after_normalising = pads_after_normalising(image_processor)
@@ -91,10 +101,13 @@ class PreprocessForModel:
                 continue
             try:
                 row_fields = json.loads(fields[index]) if fields[index] else {}
+                # operators.prompts writes a raw prompt (--raw-prompt-column) as a JSON string, messages as a list.
+                decoded = json.loads(conversations[index]) if conversations[index] else None
                 arrays = self.preprocess_row(
                     batch["image_bytes"][index],
                     str(batch["prompt"][index]),
-                    conversation=json.loads(conversations[index]) if conversations[index] else None,
+                    conversation=decoded if isinstance(decoded, list) else None,
+                    raw_prompt=decoded if isinstance(decoded, str) else None,
                     visual_prompt=row_fields.get(self.visual_prompt_field)
                     if self.visual_prompt_field
                     else None,
@@ -130,23 +143,39 @@ class PreprocessForModel:
         prompt: str,
         *,
         conversation: Conversation | None = None,
+        raw_prompt: str | None = None,
         visual_prompt: Any = None,
     ) -> dict[str, np.ndarray]:
-        """One row: images decoded in order, the conversation rendered, processor outputs (unpadded ids)."""
+        """One row: images decoded in order, the conversation rendered, processor outputs (unpadded ids).
+
+        A `raw_prompt` is the model's whole prompt, already rendered: no chat template; it is tokenized by the same
+        processor call as a rendered conversation (`processor(text=..., images=...)`, as the model docs do)."""
         payloads = list(image_bytes) if isinstance(image_bytes, (list, tuple, np.ndarray)) else [image_bytes]
         images = [decode_image(payload, max_image_pixels=self.max_image_pixels) for payload in payloads]
         if visual_prompt is not None:
             annotations = visual_prompt if isinstance(visual_prompt, list) else [visual_prompt]
             for annotation in annotations:  # VipLLaVA marks regions of the (first) image
                 images[0] = draw_visual_prompt(images[0], annotation)
-        if conversation is None:
-            conversation = user_turn(prompt, len(images))
-        wanted = count_images(conversation)
-        if wanted != len(images):
-            raise ValueError(
-                f"the prompt has {wanted} image placeholder(s) but the row has {len(images)} image(s)"
+        if raw_prompt is not None:
+            text = raw_prompt
+            wanted = raw_prompt.count(self.image_token)
+            if wanted != len(images):
+                raise ValueError(
+                    f"the raw prompt has {wanted} {self.image_token} placeholder(s) but the row has "
+                    f"{len(images)} image(s)"
+                )
+        else:
+            conversation = (
+                user_turn(prompt, len(images))
+                if conversation is None
+                else place_images(conversation, len(images))
             )
-        text = render_prompt(self.processor, conversation, self.fallback_chat_template)
+            wanted = count_images(conversation)
+            if wanted != len(images):
+                raise ValueError(
+                    f"the prompt has {wanted} image placeholder(s) but the row has {len(images)} image(s)"
+                )
+            text = render_prompt(self.processor, conversation, self.fallback_chat_template)
         arrays = None
         if self.pixel_table is not None and not (self.pads_after_normalising and len(images) > 1):
             arrays = self._compact_arrays(text, images)
@@ -184,7 +213,10 @@ class PreprocessForModel:
         return arrays
 
 
-def _image_token_id(processor: Any) -> int:
+def _image_token(processor: Any) -> str:
     tokenizer = processor.tokenizer
-    token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
-    return int(tokenizer.convert_tokens_to_ids(token))
+    return (
+        getattr(processor, "image_token", None)
+        or getattr(tokenizer, "image_token", None)
+        or IMAGE_PLACEHOLDER
+    )

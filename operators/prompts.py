@@ -1,7 +1,8 @@
 """Give every input row its prompt(s): one prompt for all, a prompt set (one row per prompt), a per-row prompt
-column, a template filled from row fields, or a whole conversation column.
+column, a template filled from row fields, a whole conversation column, or a column of prompts already rendered.
 
-Reads `id`, `shard_rows`, `fields` (JSON); writes `prompt`, `prompt_id`, `conversation` (JSON or null),
+Reads `id`, `shard_rows`, `fields` (JSON); writes `prompt`, `prompt_id`, `conversation` (JSON messages; a JSON
+string for a rendered prompt, which operators.preprocess uses verbatim; or null),
 `generation` (JSON of per-prompt decoding overrides or null), `error`; multiplies rows by the prompt count.
 """
 
@@ -14,6 +15,17 @@ from typing import Any
 import numpy as np
 
 from operators.batch import column, object_array, row_count
+
+# Text that marks a value as a prompt already rendered in some family's format (pipeline/prompt_formats.py).
+RENDERED_PROMPT_MARKERS = (
+    "<image>",
+    "USER:",
+    "ASSISTANT:",
+    "[INST]",
+    "<|im_start|>",
+    "###Human:",
+    "<|start_header_id|>",
+)
 
 
 def template_fields(text: str) -> list[str]:
@@ -37,6 +49,7 @@ def expand_prompts(
     prompts: list[dict[str, Any]],
     prompt_column: str | None = None,
     conversation_column: str | None = None,
+    raw_prompt_column: str | None = None,
 ) -> dict[str, np.ndarray]:
     """`prompts` holds `{prompt_id, text, generation}` dicts; with more than one, each input becomes that many
     rows, with ids `<input id>#<prompt_id>` so every output row keeps a stable, unique id."""
@@ -59,7 +72,9 @@ def expand_prompts(
                 row["shard_rows"] = int(row["shard_rows"]) * len(prompts)
             if row["error"] is None:
                 try:
-                    _set_prompt(row, spec["text"], fields, prompt_column, conversation_column)
+                    _set_prompt(
+                        row, spec["text"], fields, prompt_column, conversation_column, raw_prompt_column
+                    )
                 except (KeyError, ValueError, TypeError) as error:
                     row["error"] = f"prompt: {error}"
             for name, value in row.items():
@@ -73,21 +88,43 @@ def _set_prompt(
     fields: dict[str, Any],
     prompt_column: str | None,
     conversation_column: str | None,
+    raw_prompt_column: str | None,
 ) -> None:
     if conversation_column:
         conversation = fields.get(conversation_column)
         if isinstance(conversation, str):
-            conversation = json.loads(conversation)
+            conversation = parse_conversation(conversation, conversation_column)
         validate_conversation(conversation)
         row["conversation"] = json.dumps(conversation)
         row["prompt"] = last_user_text(conversation)
-    elif prompt_column:
-        value = fields.get(prompt_column)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"prompt column {prompt_column!r} is empty or missing in this row")
+    elif raw_prompt_column:
+        value = _column_text(fields, raw_prompt_column, "raw prompt")
+        row["conversation"] = json.dumps(value)  # a JSON string: the whole prompt, no chat template
         row["prompt"] = value
+    elif prompt_column:
+        row["prompt"] = _column_text(fields, prompt_column, "prompt")
     else:
         row["prompt"] = fill_template(text, fields)
+
+
+def _column_text(fields: dict[str, Any], name: str, kind: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{kind} column {name!r} is empty or missing in this row")
+    return value
+
+
+def parse_conversation(text: str, column_name: str) -> Any:
+    """JSON messages from a string field; a rendered prompt in their place is named as such, with the flag to use."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if any(marker in text for marker in RENDERED_PROMPT_MARKERS):
+            raise ValueError(
+                f"conversation column {column_name!r} holds a rendered prompt, not JSON messages ({error}); "
+                f"use --raw-prompt-column {column_name} to send it to the model verbatim"
+            ) from None
+        raise ValueError(f"conversation column {column_name!r} is not JSON messages: {error}") from None
 
 
 def validate_conversation(conversation: Any) -> None:

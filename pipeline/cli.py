@@ -38,6 +38,7 @@ FIELD_HELP = {
     "prompts_file": "YAML/JSON/TXT list of prompts: one output row per input and prompt",
     "prompt_column": "take each row's prompt from this input field",
     "conversation_column": "take each row's whole conversation (apply_chat_template messages) from this field",
+    "raw_prompt_column": "take each row's fully rendered prompt from this field, sent verbatim (no chat template)",
     "visual_prompt_column": "field with a VipLLaVA visual prompt annotation to draw on the image",
     "max_new_tokens": "most tokens to generate per row",
     "temperature": "0 = greedy (default); > 0 samples",

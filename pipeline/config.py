@@ -183,6 +183,7 @@ class CaptionConfig(JobConfig):
     prompts_file: str | None = None
     prompt_column: str | None = None
     conversation_column: str | None = None
+    raw_prompt_column: str | None = None
     visual_prompt_column: str | None = None
     prompt_set: list = field(init=False, repr=False, default_factory=list)
 
@@ -191,8 +192,14 @@ class CaptionConfig(JobConfig):
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
         check_template("prompt", self.prompt)
+        if self.raw_prompt_column is not None and (
+            not isinstance(self.raw_prompt_column, str) or not self.raw_prompt_column.strip()
+        ):
+            raise ConfigError(f"raw_prompt_column: {self.raw_prompt_column!r} must name an input column")
         sources = [
-            name for name in ("prompts_file", "prompt_column", "conversation_column") if getattr(self, name)
+            name
+            for name in ("prompts_file", "prompt_column", "conversation_column", "raw_prompt_column")
+            if getattr(self, name)
         ]
         if len(sources) > 1:
             raise ConfigError(

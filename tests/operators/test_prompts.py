@@ -85,3 +85,33 @@ def test_optional_columns_may_be_absent(missing):
     data = batch([{}])
     del data[missing]
     assert expand_prompts(data, prompts=ONE)["prompt"].tolist() == ["Describe this image."]
+
+
+LLAVA_DOCS_PROMPT = "USER: <image>\nWhat is shown? ASSISTANT: a cat</s>USER: Which colour? ASSISTANT:"
+
+
+def test_raw_prompt_column_is_carried_verbatim_as_a_rendered_prompt():
+    out = expand_prompts(
+        batch([{"raw": LLAVA_DOCS_PROMPT}, {"raw": "  "}]), prompts=ONE, raw_prompt_column="raw"
+    )
+    assert out["prompt"][0] == LLAVA_DOCS_PROMPT and out["error"][0] is None
+    # A JSON string, not messages: preprocess sends it to the model without a chat template.
+    assert json.loads(out["conversation"][0]) == LLAVA_DOCS_PROMPT
+    assert out["error"][1] == "prompt: raw prompt column 'raw' is empty or missing in this row"
+    assert out["id"].tolist() == ["img0.png", "img1.png"]
+
+
+def test_a_rendered_prompt_in_the_conversation_column_names_the_raw_prompt_flag():
+    out = expand_prompts(
+        batch([{"conv": LLAVA_DOCS_PROMPT}, {"conv": "what is this"}]),
+        prompts=ONE,
+        conversation_column="conv",
+    )
+    assert out["error"][0] == (
+        "prompt: conversation column 'conv' holds a rendered prompt, not JSON messages (Expecting value: line 1 "
+        "column 1 (char 0)); use --raw-prompt-column conv to send it to the model verbatim"
+    )
+    assert out["error"][1] == (
+        "prompt: conversation column 'conv' is not JSON messages: Expecting value: line 1 column 1 (char 0)"
+    )
+    assert out["conversation"].tolist() == [None, None]
