@@ -9,7 +9,7 @@ import logging
 
 from jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica, set_up_job
 from operators.prompts import expand_prompts
-from pipeline.config import CaptionConfig, JobConfig
+from pipeline.config import CaptionConfig, fingerprint_defaults, job_fingerprint
 from pipeline.model_families import ModelInfo
 from pipeline.prompt_sets import PromptSpec
 from pipeline.ray_cluster import ClusterResources
@@ -57,33 +57,14 @@ def prompt_specs(config: CaptionConfig) -> list[PromptSpec]:
 
 
 def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
-    """The settings that change a row's result: outputs made with other values must not be mixed in."""
+    """Every setting that can change a row (pipeline.config.job_fingerprint), plus the prompts file's content:
+    outputs made with other values must not be mixed in."""
     return {
         "job": "caption",
-        "model": config.model,
         "family": model.family,
-        "prompt": config.prompt,
+        **job_fingerprint(config),
         "prompts": [prompt.to_dict() for prompt in config.prompt_set],
-        "prompt_column": config.prompt_column,
-        "conversation_column": config.conversation_column,
-        "visual_prompt_column": config.visual_prompt_column,
-        "image_column": config.image_column,
-        "id_column": config.id_column,
-        "max_new_tokens": config.max_new_tokens,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "seed": config.seed,
-        "dtype": config.dtype,
-        "max_image_pixels": config.max_image_pixels,
-        **grouping(config),
-        # Only when set, so outputs made before --raw-prompt-column existed stay valid.
-        **({"raw_prompt_column": config.raw_prompt_column} if config.raw_prompt_column else {}),
     }
-
-
-def grouping(config: JobConfig) -> dict:
-    """Part of a job's fingerprint only when set, so outputs made before --group-by existed stay valid."""
-    return {"group_by": config.group_by, "order_by": config.order_by} if config.group_by else {}
 
 
 def run_caption(config: CaptionConfig) -> JobResult:
@@ -95,6 +76,7 @@ def run_caption(config: CaptionConfig) -> JobResult:
         shards=setup.shards,
         stages=caption_stages(config, setup.model, setup.resources, setup.options),
         fingerprint=fingerprint(config, setup.model),
+        fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
         # A group of images is one row: the files listed do not tell how many rows a shard has.
         rows_per_input=None if config.group_by else len(prompt_specs(config)),

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.config import ConfigError, JobConfig, _check_range, _same_or_nested, check_template
+from pipeline.config import (
+    ConfigError,
+    JobConfig,
+    _check_range,
+    _same_or_nested,
+    check_template,
+    fingerprint_defaults,
+    job_fingerprint,
+)
 from pipeline.stages import Stage
 
 if TYPE_CHECKING:
@@ -50,6 +58,8 @@ class InstructConfig(JobConfig):
     """
 
     job_name: ClassVar[str] = "instruct"
+    # The JSON export is written from the rows after the run; it does not change them.
+    run_only_settings: ClassVar[frozenset[str]] = JobConfig.run_only_settings | {"export_json"}
 
     instruction: str = DEFAULT_INSTRUCTION
     questions: int = 3
@@ -151,18 +161,13 @@ def settings(config: InstructConfig) -> dict[str, Any]:
 
 
 def fingerprint(config: InstructConfig, model: ModelInfo) -> dict[str, Any]:
-    """The settings that change a row's result: outputs made with other values must not be mixed in."""
+    """Every setting that can change a row (pipeline.config.job_fingerprint), the instruction as sent:
+    outputs made with other values must not be mixed in."""
     return {
         "job": "instruct",
-        "model": config.model,
         "family": model.family,
-        **settings(config),
-        "image_column": config.image_column,
-        "id_column": config.id_column,
-        "dtype": config.dtype,
-        "max_image_pixels": config.max_image_pixels,
-        "group_by": config.group_by,
-        "order_by": config.order_by,
+        **job_fingerprint(config),
+        "instruction": config.instruction_text(),
     }
 
 
@@ -229,6 +234,7 @@ def run_instruct(config: InstructConfig) -> JobResult:
         shards=setup.shards,
         stages=instruct_stages(config, setup.model, setup.resources, setup.options),
         fingerprint=fingerprint(config, setup.model),
+        fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
         rows_per_input=None,  # one row per parsed question: known per image only after the model wrote them
         output_table=functools.partial(instruct_output_table, keep_columns=config.keep_columns),

@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
-from pipeline.config import CaptionConfig, ConfigError, load_config
+import yaml
+
+from pipeline.config import CaptionConfig, ConfigError, field_types, load_config
 from pipeline.output_lock import OutputLocked
 from pipeline.submit import ClusterUnreachable
 
@@ -25,7 +29,8 @@ EXIT_OUTPUT_LOCKED = 4  # another run of the job holds the output's lock
 EXIT_CLUSTER_UNREACHABLE = 5
 
 FIELD_HELP = {
-    "input": "images to process: a local folder, file://, s3://bucket/prefix/ or any fsspec URL",
+    "input": "what to process: image folders (a folder or prefix of image files, subfolders too), WebDataset .tar "
+    "shards or Parquet tables; a local path, file://, s3://bucket/prefix/ or any fsspec URL",
     "output": "where Parquet results go (local folder, s3://, ...); must not be inside the input",
     "model": "hub id or local directory of a LLaVA-family checkpoint",
     "input_format": "auto (look at the input), images, webdataset or parquet",
@@ -53,7 +58,8 @@ FIELD_HELP = {
     "files_per_shard": "input files per shard, the unit of commit and resume",
     "dtype": "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU",
     "attn_implementation": "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)",
-    "compile": "static KV cache + torch.compile of the decoding step (GPU; compiles once per batch shape)",
+    "compile": "static KV cache + torch.compile of the decoding step (GPU or CPU; compiles once per batch shape, "
+    "pays off on long GPU runs)",
     "share_image_prefix": "rows showing the same image(s) under several prompts prefill the image once (not with --compile)",
     "continuous_batching": "a row that stops frees its decoding slot for the next waiting row (not with --compile)",
     "max_image_pixels": "images with more pixels become error rows (decompression-bomb guard)",
@@ -75,20 +81,32 @@ FIELD_HELP = {
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per settable field. Values stay strings here: pipeline.config.load_config converts them with the
+    same rules as YAML values, so a bad one is a one-line error naming the field, not an argparse usage dump."""
     parser.add_argument("--config", help="YAML file with any of the settings below; flags override it")
+    types_by_name = field_types(config_class)
     for field in fields(config_class):
         if not field.init:
             continue
         flag = "--" + field.name.replace("_", "-")
-        annotation = str(field.type)
-        kwargs: dict[str, Any] = {"default": None, "help": FIELD_HELP.get(field.name, "")}
-        if annotation.startswith("bool"):
+        kwargs: dict[str, Any] = {"default": None, "help": field_help(field)}
+        if types_by_name[field.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif annotation.startswith("int"):
-            kwargs["type"] = int
-        elif annotation.startswith("float"):
-            kwargs["type"] = float
+        else:
+            kwargs["metavar"] = field.name.upper()
         parser.add_argument(flag, **kwargs)
+
+
+def field_help(field: Any) -> str:
+    """FIELD_HELP's text plus the dataclass's default, unless the text already says what happens when unset."""
+    text = FIELD_HELP.get(field.name, "")
+    default = field.default
+    if default is MISSING or default in (None, "", ()) or "default" in text:
+        return text
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    # argparse formats help with %-style: a literal % in a default must be doubled.
+    return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
@@ -153,13 +171,34 @@ def run_submit_command(args: argparse.Namespace) -> int:
 
     job_id = submit(args.config, args.address, ship_code=args.ship_code)
     print(job_id)
-    print(f"follow it with: llava-batch status {job_id} --wait; llava-batch logs {job_id}", file=sys.stderr)
+    print(f"follow it with: {follow_up_commands(job_id, args.address)}", file=sys.stderr)
     return 0
+
+
+def follow_up_commands(job_id: str, address: str | None) -> str:
+    """The status and logs commands for a submitted job, naming the same cluster as the submit did."""
+    where = f" --address {shlex.quote(address)}" if address else ""
+    job = shlex.quote(job_id)
+    return f"llava-batch status {job}{where} --wait; llava-batch logs {job}{where}"
+
+
+# Ray's own ids (raysubmit_...) and ours (llava-batch-caption-...): no slashes, spaces or empty ids, which would
+# make a different request (an empty id asks for the list of all jobs).
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def check_job_id(job_id: str) -> None:
+    if not JOB_ID.fullmatch(job_id):
+        raise ConfigError(
+            f"job_id: {job_id!r} is not a job id (letters, digits, _ . : -); `llava-batch submit` prints it, "
+            "`ray job list` lists them"
+        )
 
 
 def run_status_command(args: argparse.Namespace) -> int:
     from pipeline.submit import job_status, wait_for_job
 
+    check_job_id(args.job_id)
     if args.wait:
         wait_for_job(args.job_id, args.address, timeout_s=args.timeout)
     status, message = job_status(args.job_id, args.address)
@@ -172,6 +211,7 @@ def run_status_command(args: argparse.Namespace) -> int:
 def run_logs_command(args: argparse.Namespace) -> int:
     from pipeline.submit import job_logs
 
+    check_job_id(args.job_id)
     sys.stdout.write(job_logs(args.job_id, args.address))
     return 0
 
@@ -270,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llava-batch", description="Batch inference for LLaVA-family models on Ray"
     )
-    parser.add_argument("--log-level", default=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="how much to log to stderr (default: LLAVA_BATCH_LOG_LEVEL, else INFO)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption every image under a prefix")
@@ -288,9 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser(
         "make-tiny-model", help="build a tiny random-weight model offline (smoke tests)"
     )
-    tiny.add_argument("--family", required=True, choices=FAMILIES)
+    tiny.add_argument("--family", required=True, choices=FAMILIES, help="model family to build")
     tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (same seed, same model; default: 0)"
+    )
     tiny.set_defaults(handler=run_make_tiny_model)
     add_cluster_commands(commands)
     return parser
@@ -308,20 +356,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as error:
-        print(f"llava-batch: error: {error}", file=sys.stderr)
-        return EXIT_INVALID_SETTINGS
+        return fail(error, EXIT_INVALID_SETTINGS)
+    except yaml.YAMLError as error:
+        # A YAML file read somewhere other than pipeline.config (which names the file) is still a settings error.
+        return fail(f"config: not valid YAML ({error})", EXIT_INVALID_SETTINGS)
     except (FileNotFoundError, NotADirectoryError) as error:
-        print(f"llava-batch: error: {error}", file=sys.stderr)
-        return EXIT_INVALID_SETTINGS
+        return fail(error, EXIT_INVALID_SETTINGS)
     except OutputLocked as error:
-        print(f"llava-batch: error: {error}", file=sys.stderr)
-        return EXIT_OUTPUT_LOCKED
+        return fail(error, EXIT_OUTPUT_LOCKED)
     except ClusterUnreachable as error:
-        print(f"llava-batch: error: {error}", file=sys.stderr)
-        return EXIT_CLUSTER_UNREACHABLE
+        return fail(error, EXIT_CLUSTER_UNREACHABLE)
     except TimeoutError as error:
-        print(f"llava-batch: error: {error}", file=sys.stderr)
-        return 1
+        return fail(error, 1)
+
+
+def fail(error: object, code: int) -> int:
+    """One line on stderr, whatever the message holds (PyYAML and Ray write several)."""
+    print(f"llava-batch: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -80,9 +80,19 @@ def committed_shard_ids(output_uri: str, options: StorageOptions) -> set[str]:
 
 
 def check_job_identity(
-    output_uri: str, fingerprint: dict, options: StorageOptions, *, overwrite: bool
+    output_uri: str,
+    fingerprint: dict,
+    options: StorageOptions,
+    *,
+    overwrite: bool,
+    defaults: dict | None = None,
 ) -> None:
-    """Refuse to mix results of different settings (prompt, model, ...) in one output, unless overwriting."""
+    """Refuse to mix results of different settings (prompt, model, ...) in one output, unless overwriting.
+
+    With `defaults`, a setting missing from an existing `_job.json` (written before that setting counted) is
+    taken to have had its default there, or today's value where it has none (`input`), so upgrading does not
+    orphan outputs made with the defaults.
+    """
     from pipeline.config import ConfigError
 
     if JOB_FILE not in list_names(output_uri, options):
@@ -91,10 +101,14 @@ def check_job_identity(
     existing = json.loads(read_bytes(join_uri(output_uri, JOB_FILE), options))
     if existing == fingerprint:
         return
-    if not overwrite:
-        changed = sorted(
-            key for key in set(existing) | set(fingerprint) if existing.get(key) != fingerprint.get(key)
-        )
+    assumed = dict(existing)
+    if defaults is not None:
+        for key in set(fingerprint) - set(existing):
+            assumed[key] = defaults.get(key, fingerprint[key])
+    changed = sorted(
+        key for key in set(assumed) | set(fingerprint) if assumed.get(key) != fingerprint.get(key)
+    )
+    if not overwrite and changed:
         raise ConfigError(
             f"output: {output_uri!r} holds results made with other settings (changed: {', '.join(changed)}); "
             "pass --overwrite to replace them, or choose a new output location"

@@ -6,8 +6,12 @@ Every error names the field, the bad value and what is allowed, and is raised be
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +25,36 @@ class ConfigError(ValueError):
 INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+REQUIRED_SETTINGS = ("input", "output", "model")
+
+# Settings that decide how, where or how fast a job runs, never what an output row holds. Every other field is
+# part of the job's fingerprint (`job_fingerprint`), so a new field counts unless it is declared here.
+RUN_ONLY_SETTINGS = frozenset(
+    {
+        # Resources and batching. They can move floating-point results only as far as the project treats as
+        # invariant (batched rows equal rows alone in float32: tests/operators/test_batch_invariance.py).
+        "batch_size",
+        "batch_tokens",
+        "length_window",
+        "replicas",
+        "gpus_per_replica",
+        "preprocess_workers",
+        # Ways of running the same decoding, held to equal outputs by their tests.
+        "attn_implementation",
+        "compile",
+        "share_image_prefix",
+        "continuous_batching",
+        # Where the job runs and how storage is reached (not what is read: `input` counts).
+        "address",
+        "s3_endpoint_url",
+        "output",
+        # What happens around the rows: old results, the exit code, permission to run a checkpoint's code.
+        "overwrite",
+        "max_error_rate",
+        "trust_remote_code",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +123,8 @@ class JobConfig:
     """
 
     job_name: ClassVar[str] = "caption"
+    # A job adds its own fields that cannot change a row (e.g. instruct's export_json) to this set.
+    run_only_settings: ClassVar[frozenset[str]] = RUN_ONLY_SETTINGS
 
     input: str = ""
     output: str = ""
@@ -126,7 +162,7 @@ class JobConfig:
     generation: GenerationSettings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "model"):
+        for name in REQUIRED_SETTINGS:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(
@@ -173,6 +209,36 @@ class JobConfig:
         for name in ("input", "output", "model", "s3_endpoint_url", "address"):
             out[name] = redact_url(out[name])
         return out
+
+
+def job_fingerprint(config: JobConfig) -> dict[str, Any]:
+    """The settings that can change an output row: every field except the class's declared run-only settings.
+
+    Derived from the fields, so a field added to a config counts by default. Values are as `to_dict` writes them
+    (credentials redacted) and JSON-normalised, so they compare equal to the copy read back from `_job.json`.
+    """
+    settings = {
+        name: value for name, value in config.to_dict().items() if name not in config.run_only_settings
+    }
+    return _json_plain(settings)
+
+
+def fingerprint_defaults(config_class: type) -> dict[str, Any]:
+    """Defaults of the fingerprinted fields: a `_job.json` written before a field counted was made with them.
+    Required settings have no default to assume (pipeline.commit.check_job_identity takes today's value)."""
+    defaults = {}
+    for f in fields(config_class):
+        if not f.init or f.name in config_class.run_only_settings or f.name in REQUIRED_SETTINGS:
+            continue
+        if f.default is not MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            defaults[f.name] = f.default_factory()
+    return _json_plain(defaults)
+
+
+def _json_plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
@@ -255,12 +321,29 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: file {str(path)!r} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config: {path}: not a UTF-8 text file ({error.reason} at byte {error.start})"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config: {path}: not valid YAML ({yaml_problem(error)})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(
             f"config: {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}"
         )
     return loaded
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """`line L, column C: problem` (1-based, as editors count) from PyYAML's multi-line message."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    problem = " ".join(str(problem).split())
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
@@ -284,31 +367,85 @@ def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; allowed: {sorted(known)}")
-    for f in fields(cls):
-        if f.name in values:
-            values[f.name] = _coerce(f.name, values[f.name], f.type)
-    return cls(**values)
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """YAML and flags both deliver strings or plain scalars; turn them into the declared type."""
-    text = str(annotation)
+    types_by_name = field_types(cls)
+    for name, value in values.items():
+        values[name] = _coerce(name, value, types_by_name[name])
     try:
-        if text.startswith("int") and not isinstance(value, bool):
-            return int(value)
-        if text.startswith("float") and not isinstance(value, bool):
-            return float(value)
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        # A value of a shape no check foresaw (a mapping where a name belongs, ...): still one line, exit 2.
+        raise ConfigError(f"config: {' '.join(str(error).split())}") from None
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each settable field's declared type, with `| None` dropped (None always means "not set")."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _without_none(hints[f.name]) for f in fields(cls) if f.init}
+
+
+def _without_none(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """YAML and flags both deliver strings or plain scalars; turn them into the declared type."""
+    if kind is bool:
+        return _as_bool(name, value)
+    if kind is int:
+        return _as_int(name, value)
+    if kind is float:
+        return _as_float(name, value)
+    if typing.get_origin(kind) is tuple and isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _as_bool(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # __post_init__ names anything that is not a bool
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean; use true or false")
+
+
+def _as_int(name: str, value: Any) -> int:
+    """Whole numbers only: `3`, `"3"` and `3.0` are 3; `3.7` is refused rather than cut to 3."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+        try:
+            float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if isinstance(value, (str, float)):
+        raise ConfigError(f"{name}: {value!r} is not a whole number")
+    raise ConfigError(f"{name}: {value!r} is not a number")
+
+
+def _as_float(name: str, value: Any) -> float:
+    """Finite numbers only: nan compares false with every bound, so it would pass any range check."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is not a number")
+    try:
+        number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a number") from None
-    if text.startswith("tuple") and isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if text.startswith("bool") and isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: {value!r} is not a boolean; use true or false")
-    return value
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}: {value!r} is not a finite number")
+    return number
 
 
 def _as_names(name: str, value: Any) -> tuple[str, ...]:
@@ -336,7 +473,7 @@ def _check_type(name: str, value: Any, expected: type) -> None:
 
 
 def _check_range(name: str, value: Any, low: float, high: float, *, low_inclusive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name}: {value!r} must be a number between {low} and {high}")
     too_low = value < low if low_inclusive else value <= low
     if too_low or value > high:

@@ -45,6 +45,8 @@ class JobPlan:
     shards: list[Shard]
     stages: list[Stage]
     fingerprint: dict[str, Any]
+    # Values a setting missing from an older `_job.json` is taken to have had (pipeline.config.fingerprint_defaults).
+    fingerprint_defaults: dict[str, Any] = field(default_factory=dict)
     # Output rows per input; None when the job learns it while running (instruct: one row per parsed question).
     rows_per_input: int | None = 1
     overwrite: bool = False
@@ -90,7 +92,13 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
     # 1. Decide what is left to do from one listing of the output.
     if plan.overwrite:
         remove_parts(plan.output_uri, committed_shard_ids(plan.output_uri, plan.options), plan.options)
-    check_job_identity(plan.output_uri, plan.fingerprint, plan.options, overwrite=plan.overwrite)
+    check_job_identity(
+        plan.output_uri,
+        plan.fingerprint,
+        plan.options,
+        overwrite=plan.overwrite,
+        defaults=plan.fingerprint_defaults,
+    )
     remove_temporary_files(plan.output_uri, plan.options)
     committed = committed_shard_ids(plan.output_uri, plan.options)
     planned = {shard.shard_id for shard in plan.shards}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -70,10 +71,26 @@ def job_client(address: str | None) -> Any:
         from ray.job_submission import JobSubmissionClient
     except ImportError as error:
         raise ConfigError(f"address: the Job Submission API needs ray[default] ({error})") from None
+    import requests
+
     try:
         return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError) as error:
+    except (ConnectionError, RuntimeError, requests.RequestException) as error:
         raise ClusterUnreachable(f"the Ray dashboard at {address} did not answer: {error}; {hint}") from None
+
+
+def server_error(error: Exception) -> bool:
+    """Ray's client reports an HTTP 5xx as `RuntimeError("Request failed with status code 5xx: ...")`."""
+    return re.search(r"status code 5\d\d", str(error)) is not None
+
+
+def unavailable(address: str, error: Exception) -> ClusterUnreachable:
+    # "No available agent to submit job": the dashboard is up but its job agent is not (yet), e.g. right after
+    # `ray start --head`, or on a head without the agent's dependencies.
+    return ClusterUnreachable(
+        f"the Ray dashboard at {address} answered but cannot run jobs now ({error}); its job agent may still be "
+        "starting (retry in a minute) or may have failed (see dashboard_agent.log on the head)"
+    )
 
 
 def entrypoint_for(config_name: str = CONFIG_NAME) -> str:
@@ -94,12 +111,17 @@ def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bo
             root = Path(__file__).resolve().parents[1]
             runtime_env["py_modules"] = [str(root / name) for name in SHIPPED_PACKAGES]
         # Ray uploads working_dir during submit_job, so the staging folder can go right after.
-        job_id = client.submit_job(
-            entrypoint=entrypoint_for(),
-            submission_id=f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-            runtime_env=runtime_env,
-            metadata={"job": job_file.job, "config": job_file.path.name},
-        )
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint_for(),
+                submission_id=f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+                runtime_env=runtime_env,
+                metadata={"job": job_file.job, "config": job_file.path.name},
+            )
+        except RuntimeError as error:
+            if server_error(error):
+                raise unavailable(client.get_address(), error) from None
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("submitted %s as %s to %s", job_file.path, job_id, client.get_address())
@@ -147,4 +169,6 @@ def _for_job(job_id: str, address: str | None, call: Any, client: Any = None) ->
                 f"job_id: no job {job_id!r} on {client.get_address()}; `ray job list --address "
                 f"{client.get_address()}` lists them"
             ) from None
+        if server_error(error):
+            raise unavailable(client.get_address(), error) from None
         raise
