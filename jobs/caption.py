@@ -93,8 +93,9 @@ def run_caption(config: CaptionConfig) -> JobResult:
         stages=caption_stages(config, setup.model, setup.resources, setup.options),
         fingerprint=fingerprint(config, setup.model),
         overwrite=config.overwrite,
-        # A group of images is one row: the files listed do not tell how many rows a shard has.
-        rows_per_input=None if config.group_by else len(prompt_specs(config)),
+        # A group of images is one row, and --sample keeps a share of the files: either way the files listed do not
+        # tell how many rows a shard has.
+        rows_per_input=None if config.group_by or config.sample is not None else len(prompt_specs(config)),
         manifest_extra=setup.manifest_extra(config),
     )
     return run_job(plan)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -15,6 +16,8 @@ from typing import Any
 
 from pipeline.config import CaptionConfig, ConfigError, load_config
 from pipeline.output_lock import OutputLocked
+from pipeline.runner import Interrupted, JobInterrupted
+from pipeline.storage import StoreError
 from pipeline.submit import ClusterUnreachable
 
 logger = logging.getLogger("llava_batch")
@@ -304,8 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
+    # SIGTERM (kill, a Kubernetes pod stopping, a scheduler's timeout) stops a run as Ctrl-C does.
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return handler(args)
+    except JobInterrupted as interrupted:  # committed shards stay; the lock was released on the way out
+        print(interrupted.result.summary)
+        return 128 + interrupted.signal_number
+    except KeyboardInterrupt as interrupt:  # before any shard ran: nothing to summarise
+        number = getattr(interrupt, "signal_number", signal.SIGINT)
+        print(f"llava-batch: stopped by {signal.Signals(number).name}", file=sys.stderr)
+        return 128 + number
     except ConfigError as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
         return EXIT_INVALID_SETTINGS
@@ -318,9 +330,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterUnreachable as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
         return EXIT_CLUSTER_UNREACHABLE
+    except StoreError as error:  # credentials, bucket, endpoint: retrying cannot help
+        print(f"llava-batch: error: {error}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
     except TimeoutError as error:
         print(f"llava-batch: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def raise_interrupted(signal_number: int, frame: Any) -> None:
+    """SIGTERM handler: raise in the main thread like SIGINT, so that the run stops through its `finally`s."""
+    raise Interrupted(signal_number)
 
 
 if __name__ == "__main__":
