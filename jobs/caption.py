@@ -78,8 +78,10 @@ def run_caption(config: CaptionConfig) -> JobResult:
         fingerprint=fingerprint(config, setup.model),
         fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
-        # A group of images is one row: the files listed do not tell how many rows a shard has.
-        rows_per_input=None if config.group_by else len(prompt_specs(config)),
+        trial=config.limit is not None or config.sample is not None,
+        # A group of images is one row, and --sample keeps a share of the files: either way the files listed do not
+        # tell how many rows a shard has.
+        rows_per_input=None if config.group_by or config.sample is not None else len(prompt_specs(config)),
         manifest_extra=setup.manifest_extra(config),
     )
     return run_job(plan)

@@ -11,7 +11,7 @@ from pipeline.config import ConfigError, JobConfig
 from pipeline.model_families import ModelInfo
 from pipeline.ray_cluster import ClusterResources
 from pipeline.readers import ReadSpec
-from pipeline.shards import Shard
+from pipeline.shards import Shard, with_sample_ids
 from pipeline.stages import CpuShares, Stage
 from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
 
@@ -45,10 +45,14 @@ def set_up_job(config: JobConfig) -> JobSetup:
     from pipeline.inputs import plan_shards
     from pipeline.model_families import check_model_loadable, inspect_model
     from pipeline.ray_cluster import configure_ray_data, connect
+    from pipeline.storage import check_store
 
     options = StorageOptions(config.s3_endpoint_url)
     model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
     check_model_loadable(model, trust_remote_code=config.trust_remote_code)
+    # Wrong credentials, a missing bucket or a store that is down: one line in seconds, not a minute of retries.
+    check_store(config.input, options)
+    check_store(config.output, options)
     input_format, shards = plan_shards(
         config.input,
         options,
@@ -57,6 +61,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
         limit=config.limit,
         group_by=config.group_by,
     )
+    shards = with_sample_ids(shards, config.sample, config.seed)
     if not shards:
         raise ConfigError(
             f"input: nothing to read under {config.input!r} as {input_format} "

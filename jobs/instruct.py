@@ -236,6 +236,7 @@ def run_instruct(config: InstructConfig) -> JobResult:
         fingerprint=fingerprint(config, setup.model),
         fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
+        trial=config.limit is not None or config.sample is not None,
         rows_per_input=None,  # one row per parsed question: known per image only after the model wrote them
         output_table=functools.partial(instruct_output_table, keep_columns=config.keep_columns),
         manifest_extra=setup.manifest_extra(config),

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -19,6 +20,8 @@ import yaml
 
 from pipeline.config import CaptionConfig, ConfigError, field_types, load_config
 from pipeline.output_lock import OutputLocked
+from pipeline.runner import Interrupted, JobInterrupted
+from pipeline.storage import StoreError
 from pipeline.submit import ClusterUnreachable
 
 logger = logging.getLogger("llava_batch")
@@ -353,8 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
+    # SIGTERM (kill, a Kubernetes pod stopping, a scheduler's timeout) stops a run as Ctrl-C does.
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return handler(args)
+    except JobInterrupted as interrupted:  # committed shards stay; the lock was released on the way out
+        print(interrupted.result.summary)
+        return 128 + interrupted.signal_number
+    except KeyboardInterrupt as interrupt:  # before any shard ran: nothing to summarise
+        number = getattr(interrupt, "signal_number", signal.SIGINT)
+        print(f"llava-batch: stopped by {signal.Signals(number).name}", file=sys.stderr)
+        return 128 + number
     except ConfigError as error:
         return fail(error, EXIT_INVALID_SETTINGS)
     except yaml.YAMLError as error:
@@ -366,14 +378,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(error, EXIT_OUTPUT_LOCKED)
     except ClusterUnreachable as error:
         return fail(error, EXIT_CLUSTER_UNREACHABLE)
+    except StoreError as error:  # credentials, bucket, endpoint: retrying cannot help
+        return fail(error, EXIT_INVALID_SETTINGS)
     except TimeoutError as error:
         return fail(error, 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def fail(error: object, code: int) -> int:
     """One line on stderr, whatever the message holds (PyYAML and Ray write several)."""
     print(f"llava-batch: error: {' '.join(str(error).split())}", file=sys.stderr)
     return code
+
+
+def raise_interrupted(signal_number: int, frame: Any) -> None:
+    """SIGTERM handler: raise in the main thread like SIGINT, so that the run stops through its `finally`s."""
+    raise Interrupted(signal_number)
 
 
 if __name__ == "__main__":

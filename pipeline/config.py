@@ -53,6 +53,10 @@ RUN_ONLY_SETTINGS = frozenset(
         "overwrite",
         "max_error_rate",
         "trust_remote_code",
+        # Which inputs run, not what a row holds: shard ids carry the selection (pipeline.shards), so a full run
+        # after a trial redoes the trial's shards and the runner removes their parts first.
+        "limit",
+        "sample",
     }
 )
 
@@ -487,11 +491,16 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _same_or_nested(input_uri: str, output_uri: str) -> bool:
-    from pipeline.storage import fixed_prefix, normalize_uri
+    """Local paths are compared as real paths: an output reached through a symlink (to the input, or below a
+    symlinked parent) is still inside the input; realpath also resolves an output that does not exist yet."""
+    from pipeline.storage import fixed_prefix, is_local, normalize_uri
 
-    source = normalize_uri(fixed_prefix(input_uri)).rstrip("/") + "/"
-    target = normalize_uri(output_uri).rstrip("/") + "/"
-    return target.startswith(source)
+    source = normalize_uri(fixed_prefix(input_uri))
+    target = normalize_uri(output_uri)
+    if is_local(input_uri) and is_local(output_uri):
+        source = "file://" + os.path.realpath(source[len("file://") :])
+        target = "file://" + os.path.realpath(target[len("file://") :])
+    return (target.rstrip("/") + "/").startswith(source.rstrip("/") + "/")
 
 
 def replace(config: Any, **changes: Any) -> Any:

@@ -5,11 +5,11 @@ and the manifest. The lock holds its owner (host, pid, run id), when it was take
 background thread refreshes; a lock whose heartbeat is older than the TTL belongs to a dead run and is taken over.
 
 Atomicity: on a local filesystem the lock is created with an exclusive link, so two runs cannot both create
-it. S3 (through pyarrow) has no create-if-absent, so there the lock is written, read back after a pause and
-kept only if it still names this run; two runs starting within that pause of each other could in principle
-both read back their own write on a store without read-after-write consistency. AWS S3 and SeaweedFS are
-read-after-write consistent, so the later writer wins and the earlier one sees the other owner and stops.
-Heartbeats compare wall clocks of different hosts: keep their skew well below the TTL (NTP does).
+it. On S3 every change is a conditional write: the lock is created with `If-None-Match: *` (only if absent), and
+a heartbeat, a takeover of a stale lock and the release (a delete) carry `If-Match: <ETag>` of the version this
+run last saw, so of two runs racing for one lock exactly one succeeds and the other sees who holds it (AWS S3
+and SeaweedFS honour both headers). Heartbeats compare wall clocks of different hosts: keep their skew well
+below the TTL (NTP does).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipeline.storage import StorageOptions, delete_object, filesystem_for, join_uri, retry_io, write_text
+from pipeline.storage import StorageOptions, delete_object, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ LOCK_FILE = "_lock.json"
 HEARTBEAT_S = 30.0
 # Three missed heartbeats: a run that is only slow (a long GC pause, a flapping store) keeps its lock.
 TTL_S = 3 * HEARTBEAT_S
-# How long an S3 writer waits before reading its lock back (see the module docstring).
-SETTLE_S = 1.0
 
 
 class OutputLocked(RuntimeError):
@@ -83,13 +81,17 @@ class OutputLock:
         *,
         heartbeat_s: float = HEARTBEAT_S,
         ttl_s: float = TTL_S,
-        settle_s: float = SETTLE_S,
     ) -> None:
         self.uri = join_uri(output_uri, LOCK_FILE)
         self.options = options
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
-        self.settle_s = settle_s
+        self._s3 = (
+            None
+            if isinstance(filesystem_for(self.uri, options)[0], pafs.LocalFileSystem)
+            else S3Object(self.uri, options)
+        )
+        self._etag: str | None = None  # S3: the version of the lock this run wrote last
         self.run_id = uuid.uuid4().hex[:12]
         self.owner: LockOwner | None = None
         self._stop = threading.Event()
@@ -97,7 +99,7 @@ class OutputLock:
 
     # 1. Taking the lock -------------------------------------------------------------------------------------
     def acquire(self) -> None:
-        current = self.read()
+        current, seen_etag = self._read_versioned()
         if current is not None:
             age = self.heartbeat_age(current)
             if age <= self.ttl_s and owner_died_on_this_host(current):
@@ -121,12 +123,11 @@ class OutputLock:
                 )
         stamp = _now().isoformat()
         self.owner = LockOwner(socket.gethostname(), os.getpid(), self.run_id, stamp, stamp)
-        fs, path = filesystem_for(self.uri, self.options)
-        if isinstance(fs, pafs.LocalFileSystem):
-            self._create_local(path, replace=current is not None)
+        if self._s3 is None:
+            self._create_local(filesystem_for(self.uri, self.options)[1], replace=current is not None)
         else:
-            self._write()
-            time.sleep(self.settle_s)
+            # Created only if absent, or replacing exactly the stale version read above: one racer wins.
+            self._etag = self._s3.put(self._text(), if_match=seen_etag)
         holder = self.read()
         if holder is None or holder.run_id != self.run_id:
             raise OutputLocked(
@@ -169,7 +170,11 @@ class OutputLock:
                     return
                 assert self.owner is not None
                 self.owner = LockOwner(**{**asdict(self.owner), "heartbeat_at": _now().isoformat()})
-                self._write()
+                if not self._write():
+                    logger.error(
+                        "lost the output lock %s: it changed under this run; heartbeat stops", self.uri
+                    )
+                    return
             except OSError as error:  # a flapping store: the next beat tries again, the TTL leaves room
                 logger.warning("output lock heartbeat failed: %s", error)
 
@@ -185,7 +190,11 @@ class OutputLock:
         try:
             holder = self.read()
             if holder is not None and holder.run_id == self.run_id:
-                delete_object(self.uri, self.options)
+                if self._s3 is None:
+                    delete_object(self.uri, self.options)
+                elif not self._s3.delete(if_match=self._etag):
+                    logger.warning("output lock %s changed before its release; left as it is", self.uri)
+                    return
                 logger.info("released the output lock %s", self.uri)
         except Exception as error:  # never fail a finished run here: the lock goes stale after the TTL
             logger.warning("could not release the output lock %s: %s", self.uri, error)
@@ -199,6 +208,13 @@ class OutputLock:
 
     # Helpers ------------------------------------------------------------------------------------------------
     def read(self) -> LockOwner | None:
+        return self._read_versioned()[0]
+
+    def _read_versioned(self) -> tuple[LockOwner | None, str | None]:
+        """The lock's owner and, on S3, the ETag of the version read (what a takeover must replace)."""
+        if self._s3 is not None:
+            text, etag = self._s3.get()
+            return self._parse(text), etag
         fs, path = filesystem_for(self.uri, self.options)
 
         def load() -> str | None:
@@ -208,7 +224,9 @@ class OutputLock:
             except FileNotFoundError:
                 return None
 
-        text = retry_io(load, f"reading {self.uri}")
+        return self._parse(retry_io(load, f"reading {self.uri}")), None
+
+    def _parse(self, text: str | None) -> LockOwner | None:
         if text is None:
             return None
         try:
@@ -225,14 +243,105 @@ class OutputLock:
         assert self.owner is not None
         return json.dumps(asdict(self.owner), indent=2)
 
-    def _write(self) -> None:
-        fs, path = filesystem_for(self.uri, self.options)
-        if isinstance(fs, pafs.LocalFileSystem):
-            # Rename is atomic: a reader never sees a half-written lock (which it would take as stale).
-            temporary = f"{path}.{self.run_id}.tmp"
-            with open(temporary, "w") as handle:
-                handle.write(self._text())
-            os.replace(temporary, path)
-            return
-        # An S3 object appears whole or not at all.
-        write_text(self.uri, self._text(), self.options)
+    def _write(self) -> bool:
+        """Rewrite this run's lock (heartbeat); False when it is no longer the version this run wrote."""
+        if self._s3 is not None:
+            etag = self._s3.put(self._text(), if_match=self._etag)
+            if etag is None:
+                return False
+            self._etag = etag
+            return True
+        path = filesystem_for(self.uri, self.options)[1]
+        # Rename is atomic: a reader never sees a half-written lock (which it would take as stale).
+        temporary = f"{path}.{self.run_id}.tmp"
+        with open(temporary, "w") as handle:
+            handle.write(self._text())
+        os.replace(temporary, path)
+        return True
+
+
+# Codes of a conditional write that lost: the object exists (If-None-Match) or changed (If-Match); 409 when two
+# conditional writes to one key overlap on AWS.
+PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+class S3Object:
+    """One small S3 object read and written with ETag conditions, through s3fs (pyarrow's S3 has no conditional
+    writes). Transient errors are retried (storage.retry_io); a lost condition is an answer, not an error."""
+
+    def __init__(self, uri: str, options: StorageOptions) -> None:
+        import s3fs
+
+        parsed = urlparse(uri)
+        self.uri, self.bucket, self.key = uri, parsed.netloc, parsed.path.lstrip("/")
+        endpoint = options.resolved_s3_endpoint()
+        self.fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+
+    def get(self) -> tuple[str | None, str | None]:
+        """(text, ETag), or (None, None) when there is no such object."""
+
+        def load() -> tuple[str | None, str | None]:
+            try:
+                response = self._call("get_object")
+            except FileNotFoundError:
+                return None, None
+            body = _read_body(self.fs, response["Body"])
+            return body.decode(), response["ETag"]
+
+        return retry_io(load, f"reading {self.uri}")
+
+    def put(self, text: str, *, if_match: str | None) -> str | None:
+        """Write if the object is absent (`if_match` None) or still at version `if_match`; the new ETag, or None
+        when the condition failed (another run wrote or created it first)."""
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+
+        def write() -> str | None:
+            try:
+                return self._call("put_object", Body=text.encode(), **condition)["ETag"]
+            except OSError as error:
+                if _precondition_failed(error):
+                    return None
+                raise
+
+        return retry_io(write, f"writing {self.uri}")
+
+    def delete(self, *, if_match: str | None) -> bool:
+        """Delete the object if it is still at version `if_match`; False when it changed."""
+
+        def remove() -> bool:
+            try:
+                self._call("delete_object", **({"IfMatch": if_match} if if_match else {}))
+            except FileNotFoundError:
+                return True  # gone already (a retried delete whose first answer was lost)
+            except OSError as error:
+                if _precondition_failed(error):
+                    return False
+                raise
+            return True
+
+        return retry_io(remove, f"deleting {self.uri}")
+
+    def _call(self, method: str, **kwargs: Any) -> dict:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+        except BotoCoreError as error:  # connection refused / timeouts: not OSErrors, but just as transient
+            raise OSError(str(error)) from error
+
+
+def _read_body(fs: Any, body: Any) -> bytes:
+    """Read an aiobotocore streaming body on s3fs's event loop."""
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        async with body as stream:
+            return await stream.read()
+
+    return sync(fs.loop, read)
+
+
+def _precondition_failed(error: OSError) -> bool:
+    cause = error.__cause__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
+    return code in PRECONDITION_CODES or "pre-condition" in str(error).lower()

@@ -30,6 +30,7 @@ class ProgressReporter:
     interval: float = 5.0
     started: float = 0.0
     last_report: float = 0.0
+    last_counts: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.started = self.last_report = time.monotonic()
@@ -38,7 +39,10 @@ class ProgressReporter:
         now = time.monotonic()
         if not force and now - self.last_report < self.interval:
             return
-        self.last_report = now
+        counts = (stats.rows, stats.shards, stats.errors)
+        if force and counts == self.last_counts:
+            return  # the closing update: its line was already logged by the last regular one
+        self.last_report, self.last_counts = now, counts
         elapsed = max(now - self.started, 1e-9)
         rate = stats.rows / elapsed
         if self.total_rows:
@@ -70,8 +74,10 @@ def summary_text(result: Any) -> str:
     skipped = f"{result.skipped_shards} shard(s)"
     if result.skipped_rows is not None:
         skipped += f", {result.skipped_rows} rows"
+    interrupted = getattr(result, "interrupted_by", None)
+    status = f"stopped by {interrupted}; re-run the same command to resume" if interrupted else "done"
     lines = [
-        f"llava-batch {result.job}: done",
+        f"llava-batch {result.job}: {status}",
         f"  rows written      {result.rows}",
         f"  rows with errors  {result.errors} ({kinds})",
         f"  already committed {skipped} (skipped)",
@@ -93,9 +99,22 @@ def replica_time_text(replica_time: dict[str, Any] | None) -> str | None:
     saved = replica_time.get("image_prefills_saved", 0)
     filled = replica_time.get("decode_slots_filled")
     return (
-        f"  model replicas    {replica_time['replicas']}: busy {replica_time['busy_s']:.1f} s, "
+        f"  model replicas    {replica_count_text(replica_time)}: busy {replica_time['busy_s']:.1f} s, "
         f"idle waiting for input {replica_time['idle_waiting_for_input_s']:.1f} s "
         f"({100 * replica_time['idle_share']:.1f}%)"
         + (f"; decoding slots {100 * filled:.0f}% filled" if filled is not None else "")
         + (f"; {saved} rows reused another row's image prefill" if saved else "")
     )
+
+
+def replica_count_text(replica_time: dict[str, Any]) -> str:
+    """`2`, or `2 in 2 pools (1 reported its time)` when the plan's replicas and those that reported differ."""
+    reported = replica_time["replicas"]
+    planned = replica_time.get("replicas_planned") or reported
+    pools = replica_time.get("pools") or {}
+    text = str(planned)
+    if len(pools) > 1:
+        text += f" in {len(pools)} pools"
+    if reported != planned:
+        text += f" ({reported} reported {'its' if reported == 1 else 'their'} time)"
+    return text

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
             os.environ.setdefault(name, value)
     import ray
 
+    # ray.init replaces the SIGTERM handler (with one that exits mid-iteration and ends in a native abort);
+    # the caller's handler (the CLI's: stop like Ctrl-C) is put back afterwards.
+    on_sigterm = (
+        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    )
     if ray.is_initialized():
         pass
     elif address:
@@ -58,6 +65,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
             logging_level=logging.WARNING,
         )
         logger.info("started a local Ray (logs in %s)", temp_dir)
+    if callable(on_sigterm):
+        signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
     return ClusterResources(
         cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), local=not address

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pipeline.commit import (
     remove_parts,
     remove_temporary_files,
 )
+from pipeline.config import ConfigError
 from pipeline.output_lock import OutputLock
 from pipeline.progress import ProgressReporter, summary_text
 from pipeline.shards import Shard
@@ -50,6 +52,8 @@ class JobPlan:
     # Output rows per input; None when the job learns it while running (instruct: one row per parsed question).
     rows_per_input: int | None = 1
     overwrite: bool = False
+    # A --limit/--sample trial: it may replace an earlier trial's parts, never another run's (see _run_job_locked).
+    trial: bool = False
     manifest_extra: dict[str, Any] = field(default_factory=dict)
     # Gathered rows of a shard -> its output table (default: the caption columns, pipeline.commit).
     output_table: Callable[[pa.Table], pa.Table] | None = None
@@ -67,7 +71,9 @@ class JobResult:
     elapsed: float
     output_tokens: int
     # Model replicas' busy and idle seconds (pipeline.commit.ReplicaTime.to_dict); empty when none ran.
-    replica_time: dict[str, float | int] = field(default_factory=dict)
+    replica_time: dict[str, Any] = field(default_factory=dict)
+    # The signal's name when the run was stopped (SIGINT, SIGTERM) before it finished; the counts are so far.
+    interrupted_by: str | None = None
 
     @property
     def summary(self) -> str:
@@ -76,6 +82,23 @@ class JobResult:
     @property
     def error_rate(self) -> float:
         return self.errors / self.rows if self.rows else 0.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run stops where it is (committed shards stay, the lock is released)."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+class JobInterrupted(Exception):
+    """Raised out of run_job when a signal stopped it; `result` holds the counts so far, for the summary."""
+
+    def __init__(self, result: JobResult, signal_number: int) -> None:
+        super().__init__(f"{result.job} interrupted by {result.interrupted_by}")
+        self.result = result
+        self.signal_number = signal_number
 
 
 def run_job(plan: JobPlan) -> JobResult:
@@ -102,6 +125,20 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
     remove_temporary_files(plan.output_uri, plan.options)
     committed = committed_shard_ids(plan.output_uri, plan.options)
     planned = {shard.shard_id for shard in plan.shards}
+    # Parts of shards no longer in the plan (regrouped or removed inputs, the shards of a --limit/--sample trial
+    # run) hold ids this run writes again: removed before any new part is written, so that the output never
+    # holds an id twice, not even while this run goes on or after it is killed.
+    stale = committed - planned
+    if stale and plan.trial:
+        # The parts could be a full run's: a trial over them would delete hours of results to redo ten rows.
+        raise ConfigError(
+            f"output: {plan.output_uri!r} holds {len(stale)} part(s) of shards this trial run (--limit/--sample) "
+            "does not select; a trial never removes other results. Write it to another output, or pass --overwrite"
+        )
+    if stale:
+        logger.info("removing %d output part(s) whose input shards are not in this run's plan", len(stale))
+        remove_parts(plan.output_uri, stale, plan.options)
+        committed -= stale
     todo = [shard for shard in plan.shards if shard.shard_id not in committed]
     skipped = [shard for shard in plan.shards if shard.shard_id in committed]
     # Row counts are known up front only for image folders; tars and tables are counted as they are read.
@@ -110,10 +147,10 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
     skipped_rows = sum(len(shard.members) for shard in skipped) * per_input if known else None
     total_rows = sum(len(shard.members) for shard in todo) * per_input if known else None
     logger.info(
-        "%s: %d shard(s) to do (%s rows), %d already committed",
+        "%s: %d shard(s) to do (%s), %d already committed",
         plan.job,
         len(todo),
-        "?" if total_rows is None else total_rows,
+        "rows counted as they arrive" if total_rows is None else f"{total_rows} rows",
         len(skipped),
     )
 
@@ -123,9 +160,15 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
         progress = ProgressReporter(plan.job, total_rows=total_rows, total_shards=len(todo))
         items = [shard.to_item() for shard in todo]
         dataset = apply_stages(ray.data.from_items(items, override_num_blocks=len(items)), plan.stages)
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            committer.add(table)
-            progress.update(committer.stats)
+        try:
+            for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                committer.add(table)
+                progress.update(committer.stats)
+        except KeyboardInterrupt as interrupt:  # committed shards stay; a re-run does the rest
+            number = getattr(interrupt, "signal_number", signal.SIGINT)
+            result = job_result(plan, committer, skipped, skipped_rows, started)
+            result.interrupted_by = signal.Signals(number).name
+            raise JobInterrupted(result, number) from interrupt
         progress.update(committer.stats, force=True)
     incomplete = committer.incomplete_shards()
     if incomplete:
@@ -134,14 +177,17 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
             f"{dict(list(incomplete.items())[:5])}; re-run the same command to redo them"
         )
 
-    # 3. Shards no longer in the input plan (their files were regrouped or removed) would duplicate ids.
-    stale = committed - planned
-    if stale:
-        logger.info("removing %d output part(s) whose input shards no longer exist", len(stale))
-        remove_parts(plan.output_uri, stale, plan.options)
+    result = job_result(plan, committer, skipped, skipped_rows, started)
+    # 3. The manifest is written last: its presence says this run finished.
+    write_manifest(plan, result, started_at)
+    return result
 
+
+def job_result(
+    plan: JobPlan, committer: ShardCommitter, skipped: list[Shard], skipped_rows: int | None, started: float
+) -> JobResult:
     stats = committer.stats
-    result = JobResult(
+    return JobResult(
         job=plan.job,
         output_uri=plan.output_uri,
         rows=stats.rows,
@@ -151,11 +197,16 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
         skipped_rows=skipped_rows,
         elapsed=time.monotonic() - started,
         output_tokens=stats.output_tokens,
-        replica_time=stats.replicas.to_dict() if stats.replicas.replica_ids else {},
+        replica_time=stats.replicas.to_dict() | model_pools(plan) if stats.replicas.replica_ids else {},
     )
-    # 4. The manifest is written last: its presence says this run finished.
-    write_manifest(plan, result, started_at)
-    return result
+
+
+def model_pools(plan: JobPlan) -> dict[str, Any]:
+    """The replicas the plan asked for, per model pool (instruct has one pool per model call): the replicas
+    that reported their time can be fewer (a replica that got no batch, or a pool whose stats a later pool's
+    replaced on the rows)."""
+    pools = {stage.name: stage.pool[1] for stage in plan.stages if stage.name.startswith("generate")}
+    return {"replicas_planned": sum(pools.values()), "pools": pools}
 
 
 def write_manifest(plan: JobPlan, result: JobResult, started_at: datetime) -> None:

@@ -1,7 +1,9 @@
 """Split an input into shards: the unit that is read together and committed as one output file.
 
 A shard's id is a hash of what it holds (and of any --limit/--sample selection), so re-planning the same input
-gives the same ids and a re-run skips the shards whose output file already exists.
+gives the same ids and a re-run skips the shards whose output file already exists. --limit is applied while
+planning (its shards are cut there); --sample only when the shard is read (readers.ReadSpec.selected), so its
+ids are derived after planning (`with_sample_ids`): a later full run must not take a sampled shard as done.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 
 from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions, list_files
@@ -54,6 +56,15 @@ def shard_id_for(members: tuple[str, ...], selection: str = "") -> str:
     """Stable id of a shard; `selection` (e.g. 'limit=10') keeps partial trial runs apart from full ones."""
     text = "\n".join(members) + (f"\n#{selection}" if selection else "")
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def with_sample_ids(shards: list[Shard], sample: float | None, seed: int) -> list[Shard]:
+    """The shards of a `--sample FRACTION --seed N` run, with ids of their own: such a shard holds only the
+    selected rows, so under the full run's id a later full run would skip it and lose the other rows."""
+    if sample is None:
+        return shards
+    selection = f"sample={sample!r},seed={seed}"
+    return [replace(shard, shard_id=shard_id_for((shard.shard_id,), selection)) for shard in shards]
 
 
 def plan_image_shards(

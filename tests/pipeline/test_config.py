@@ -127,3 +127,26 @@ def test_compile_is_off_by_default_and_reaches_the_model_stage():
         stages = caption_stages(CaptionConfig(**BASE, compile=value), model, resources, StorageOptions())
         generate = next(stage for stage in stages if stage.name == "generate")
         assert generate.constructor_kwargs["compile"] is value
+
+
+def test_output_inside_the_input_through_a_symlink_is_refused(tmp_path):
+    """Compared as real paths: a link to a folder inside the input, a symlinked parent, an output not made yet."""
+    from pipeline.cli import main
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    (tmp_path / "out-link").symlink_to(images / "sub")  # the output's own path is a link into the input
+    (tmp_path / "parent-link").symlink_to(images)  # a parent of the output is a link to the input
+    for output in (tmp_path / "out-link", tmp_path / "parent-link" / "captions", tmp_path / "parent-link"):
+        with pytest.raises(ConfigError, match="inside"):
+            CaptionConfig(**{**BASE, "input": str(images), "output": str(output)})
+    # The other way round: an input reached through a link, the output inside its target.
+    with pytest.raises(ConfigError, match="inside"):
+        CaptionConfig(
+            **{**BASE, "input": str(tmp_path / "parent-link"), "output": str(images / "new" / "out")}
+        )
+    # Exit 2 with one line from the command.
+    argv = ["caption", "--input", str(images), "--output", str(tmp_path / "parent-link" / "captions")]
+    assert main([*argv, "--model", "/models/tiny"]) == 2
+    # A sibling whose name starts like the input's is not inside it.
+    CaptionConfig(**{**BASE, "input": str(images), "output": str(tmp_path / "images-captions")})

@@ -119,10 +119,10 @@ def test_lock_on_s3(seaweedfs, s3_bucket, monkeypatch):
     output = f"s3://{s3_bucket}/captions"
     fs = seaweedfs.fs()
     options = StorageOptions()
-    with OutputLock(output, options, settle_s=0.2) as first:
+    with OutputLock(output, options) as first:
         assert json.loads(fs.cat(f"{s3_bucket}/captions/{LOCK_FILE}"))["run_id"] == first.run_id
         with pytest.raises(OutputLocked, match=f"locked by run {first.run_id}"):
-            OutputLock(output, options, settle_s=0.2).acquire()
+            OutputLock(output, options).acquire()
     fs.invalidate_cache()
     # Released without a trace: no zero-byte `captions/` marker left for listings to trip over.
     assert fs.find(s3_bucket, withdirs=True) == []
@@ -142,7 +142,7 @@ def test_lock_on_s3(seaweedfs, s3_bucket, monkeypatch):
         ).encode(),
     )
     fs.invalidate_cache()
-    with OutputLock(output, options, settle_s=0.2) as taker:
+    with OutputLock(output, options) as taker:
         assert json.loads(fs.cat(f"{s3_bucket}/captions/{LOCK_FILE}"))["run_id"] == taker.run_id
     fs.invalidate_cache()
     assert not fs.exists(f"{s3_bucket}/captions/{LOCK_FILE}")
@@ -152,7 +152,7 @@ def test_lock_on_s3(seaweedfs, s3_bucket, monkeypatch):
 def test_release_waits_out_a_short_store_outage_on_s3(seaweedfs, s3_bucket, monkeypatch):
     for name, value in seaweedfs.env().items():
         monkeypatch.setenv(name, value)
-    lock = OutputLock(f"s3://{s3_bucket}/captions", StorageOptions(), settle_s=0.2)
+    lock = OutputLock(f"s3://{s3_bucket}/captions", StorageOptions())
     lock.acquire()
     restart = seaweedfs.restart_after(2)  # the store is down when the run ends
     lock.release()  # retried until the store is back; a failure here would fail a finished run
@@ -160,3 +160,98 @@ def test_release_waits_out_a_short_store_outage_on_s3(seaweedfs, s3_bucket, monk
     fs = seaweedfs.fs()
     fs.invalidate_cache()
     assert fs.find(s3_bucket, withdirs=True) == []
+
+
+@pytest.mark.integration
+def test_eight_concurrent_takers_on_s3_exactly_one_wins(seaweedfs, s3_bucket, monkeypatch):
+    """Conditional writes (If-None-Match on create, If-Match on a takeover): of 8 runs that try at once, for a
+    fresh lock and for a stale one, exactly one holds it and 7 are refused."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    output, fs = f"s3://{s3_bucket}/captions", seaweedfs.fs()
+    for round_ in ("fresh", "stale"):
+        locks = [OutputLock(output, StorageOptions(), heartbeat_s=60) for _ in range(8)]
+        barrier = Barrier(len(locks))
+
+        def take(lock: OutputLock, barrier: Barrier = barrier) -> str:
+            barrier.wait()
+            try:
+                lock.acquire()
+            except OutputLocked:
+                return "refused"
+            return "won"
+
+        with ThreadPoolExecutor(len(locks)) as pool:
+            outcomes = list(pool.map(take, locks))
+        assert sorted(outcomes) == ["refused"] * 7 + ["won"], round_
+        winner = locks[outcomes.index("won")]
+        fs.invalidate_cache()
+        assert json.loads(fs.cat(f"{s3_bucket}/captions/{LOCK_FILE}"))["run_id"] == winner.run_id
+        winner.release()
+        fs.invalidate_cache()
+        assert not fs.exists(f"{s3_bucket}/captions/{LOCK_FILE}")
+        # The next round races for a stale lock left by a dead run.
+        write_stale_s3_lock(fs, f"{s3_bucket}/captions/{LOCK_FILE}")
+
+
+@pytest.mark.integration
+def test_s3_heartbeat_and_release_leave_a_lock_another_run_replaced(seaweedfs, s3_bucket, monkeypatch):
+    """If-Match on the heartbeat and the release: once another run rewrote the lock, this run's heartbeat stops
+    and its release does not delete the other run's lock."""
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    key, fs = f"{s3_bucket}/captions/{LOCK_FILE}", seaweedfs.fs()
+    lock = OutputLock(f"s3://{s3_bucket}/captions", StorageOptions(), heartbeat_s=0.2)
+    lock.acquire()
+    fs.pipe(key, json.dumps({**json.loads(fs.cat(key)), "run_id": "other0000001"}).encode())
+    time.sleep(0.6)  # heartbeats would have overwritten it if they wrote unconditionally
+    fs.invalidate_cache()
+    assert json.loads(fs.cat(key))["run_id"] == "other0000001"
+    lock.release()
+    fs.invalidate_cache()
+    assert json.loads(fs.cat(key))["run_id"] == "other0000001"
+
+
+def write_stale_s3_lock(fs, key: str) -> None:
+    stale = datetime.now(timezone.utc) - timedelta(minutes=10)
+    fs.pipe(
+        key,
+        json.dumps(
+            {
+                "host": "h",
+                "pid": 1,
+                "run_id": "dead",
+                "acquired_at": stale.isoformat(),
+                "heartbeat_at": stale.isoformat(),
+            }
+        ).encode(),
+    )
+
+
+@pytest.mark.integration
+def test_a_takeover_overtaken_between_its_read_and_its_write_is_refused_on_s3(
+    seaweedfs, s3_bucket, monkeypatch
+):
+    """Run A reads a stale lock; before A writes, run B takes it over. A write-then-read-back lock let A overwrite
+    B and both went on; with If-Match on the stale version A's write fails and A is refused."""
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    output, key, fs = f"s3://{s3_bucket}/captions", f"{s3_bucket}/captions/{LOCK_FILE}", seaweedfs.fs()
+    write_stale_s3_lock(fs, key)
+    other = OutputLock(output, StorageOptions(), heartbeat_s=60)
+
+    class Overtaken(OutputLock):
+        def heartbeat_age(self, owner):  # called between reading the lock and writing it
+            age = super().heartbeat_age(owner)
+            if not other.owner:
+                other.acquire()
+            return age
+
+    with pytest.raises(OutputLocked, match=f"locked by run {other.run_id}"):
+        Overtaken(output, StorageOptions(), heartbeat_s=60).acquire()
+    fs.invalidate_cache()
+    assert json.loads(fs.cat(key))["run_id"] == other.run_id
+    other.release()
