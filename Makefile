@@ -8,17 +8,17 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test test-unit test-integration test-gpu lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 ## Caption sample images with the built-in model on a local Ray; results in ./out/
 demo: $(STAMP)
-	$(BIN)/python -m jobs.demo --out out
+	$(BIN)/python -m llava_batch.jobs.demo --out out
 
 ## The whole test suite (unit + integration; no GPU needed)
 test: $(STAMP)
@@ -35,12 +35,12 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline jobs operators tests benchmarks training
-	$(BIN)/ruff format --check pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff check llava_batch pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff format --check llava_batch pipeline jobs operators tests benchmarks training
 
 format: $(STAMP)
-	$(BIN)/ruff format pipeline jobs operators tests benchmarks training
-	$(BIN)/ruff check --fix pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff format llava_batch pipeline jobs operators tests benchmarks training
+	$(BIN)/ruff check --fix llava_batch pipeline jobs operators tests benchmarks training
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

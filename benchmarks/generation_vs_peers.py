@@ -5,15 +5,15 @@ Run: python benchmarks/generation_vs_peers.py [--quick] [--batch-sizes 1 8 16] [
 
 `--prompts-per-image K` (default 1) asks each image K different questions, image-major, as a prompt set or
 `instruct` does; every variant then answers (image, prompt) rows and "images" below count those rows. The operator
-prefills each image once per call and continues every question from it (operators/prefix_sharing.py); the
+prefills each image once per call and continues every question from it (operators/generation/prefix_sharing.py); the
 pipeline and the loop run every row whole.
 
 The model is a random-weight LLaVA-1.5 built offline with the transformers config classes and saved to a temp
 dir (Llama text model: hidden 1024, 8 layers; CLIP vision tower: hidden 768, 4 layers, 224 px in 14 px patches,
-so 256 image tokens; the offline BPE tokenizer of pipeline.tiny_models), large enough that the model, not the
+so 256 image tokens; the offline BPE tokenizer of llava_batch.pipeline.families.tiny_models), large enough that the model, not the
 Python around it, takes the time. The same model object, processor and 640x480 JPEGs serve three variants:
   - operator: PreprocessForModel + Generate, in batches of `batch size` rows as Ray Data hands them over;
-    Generate loads the checkpoint from the temp dir with its own loader (operators.generate.load_model);
+    Generate loads the checkpoint from the temp dir with its own loader (llava_batch.operators.generation.replica.load_model);
   - pipeline: transformers.pipeline("image-text-to-text", model=..., processor=...) called on the list of chats
     with batch_size (left padding), images given by path so it decodes them itself;
   - loop: one `processor(...)` + `model.generate` + decode per image.
@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_generation as shared  # noqa: E402  (the variants and report live there; it needs no Ray)
 
-from operators.generate import Generate  # noqa: E402
-from operators.preprocess import PreprocessForModel  # noqa: E402
+from llava_batch.operators.generation.replica import Generate  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 
 # What the issue asks of the operator: this many times the pipeline's images/s at equal batch size.
 BAR = 1.5

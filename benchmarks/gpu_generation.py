@@ -24,7 +24,7 @@ generate calls only (in the Ray job preprocessing runs on other CPU actors, in p
 (preprocess + generate in one process) is reported beside it.
 
 Random weights make the text meaningless but not the cost: the compute per token depends on the shapes only.
-The tokenizer is a small byte-level BPE trained offline (pipeline.tiny_models.build_tokenizer); the real
+The tokenizer is a small byte-level BPE trained offline (llava_batch.pipeline.families.tiny_models.build_tokenizer); the real
 configurations keep their real vocabulary sizes (the lm_head cost matters), and ids the small tokenizer does not
 know decode to nothing, for every variant alike.
 """
@@ -59,13 +59,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-# Neither of these imports Ray: operators/ never does, and pipeline.tiny_models only imports the prompt formats.
-from operators import generate as generate_module  # noqa: E402
-from operators.batch import object_array  # noqa: E402
-from operators.generate import REPLICA_STATS_COLUMN, Generate  # noqa: E402
-from operators.preprocess import PreprocessForModel  # noqa: E402
-from pipeline.prompt_formats import FAMILY_FORMATS, chat_template  # noqa: E402
-from pipeline.tiny_models import build_tokenizer, varied_length_stop_token  # noqa: E402
+from llava_batch.operators.batch import object_array  # noqa: E402
+
+# Neither of these imports Ray: operators/ never does, and llava_batch.pipeline.families.tiny_models only imports the prompt formats.
+from llava_batch.operators.generation import replica as generate_module  # noqa: E402
+from llava_batch.operators.generation.replica import REPLICA_STATS_COLUMN, Generate  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+from llava_batch.pipeline.families.prompt_formats import FAMILY_FORMATS, chat_template  # noqa: E402
+from llava_batch.pipeline.families.tiny_models import build_tokenizer, varied_length_stop_token  # noqa: E402
 
 VARIANTS = ("operator", "pipeline", "loop")
 IMAGE_TOKEN = "<image>"
@@ -158,7 +159,7 @@ _NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 class ModelSpec:
     """What it takes to build one checkpoint's architecture and processor offline."""
 
-    # The project's family name (pipeline.tiny_models.FAMILIES), which also picks the prompt format.
+    # The project's family name (llava_batch.pipeline.families.tiny_models.FAMILIES), which also picks the prompt format.
     family: str
     checkpoint: str  # the Hub checkpoint whose configuration this is
     model_class: str
@@ -353,7 +354,7 @@ def build_model(
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **spec.model_kwargs,
     )
-    config._attn_implementation = "sdpa"  # what operators.generate.load_model asks for
+    config._attn_implementation = "sdpa"  # what llava_batch.operators.generation.replica.load_model asks for
     torch.manual_seed(seed)
     with torch.device(device), default_dtype(dtype):
         model = model_class(config)
@@ -374,7 +375,7 @@ def generate_operator_around(
 ) -> Generate:
     """The project's Generate operator holding an in-memory model instead of loading weights from disk.
 
-    Generate's constructor loads weights with operators.generate.load_model and the tokenizer from the
+    Generate's constructor loads weights with llava_batch.operators.generation.replica.load_model and the tokenizer from the
     checkpoint directory; only the weights loader is swapped (saving and reloading 14 GB would take minutes),
     so everything else the constructor sets up is the operator's own.
     """
@@ -391,7 +392,7 @@ def varied_length_kwargs(
     model: torch.nn.Module, processor: Any, inputs: Inputs, new_tokens: int, probe_rows: int = 8
 ) -> dict[str, Any]:
     """Greedy, at most `new_tokens`, stopping at a token that the model's outputs on these inputs reach at
-    different steps (pipeline.tiny_models.varied_length_stop_token): rows end at different lengths, as real
+    different steps (llava_batch.pipeline.families.tiny_models.varied_length_stop_token): rows end at different lengths, as real
     captions do, for every variant alike."""
     probe = run_loop(model, processor, inputs.head(probe_rows), fixed_length_kwargs(new_tokens))
     stop = varied_length_stop_token(probe.new_token_ids)

@@ -3,7 +3,7 @@
 Run: python benchmarks/padding_share.py [--images 400] [--batch-size 8] [--window 4]
 Prompt lengths come from a real-size LLaVA-NeXT processor (CLIP 336 px, patch 14, the llava-v1.6 anyres
 pinpoints), built offline; image sizes are drawn from common photo shapes. The generate calls are planned exactly
-as the model replicas plan them (operators.length_grouping), so the shares are those the pipeline would pad.
+as the model replicas plan them (llava_batch.operators.generation.length_grouping), so the shares are those the pipeline would pad.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SHAPES = [
 def llava_next_processor():
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
-    from pipeline.tiny_models import build_tokenizer
+    from llava_batch.pipeline.families.tiny_models import build_tokenizer
 
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
@@ -63,7 +63,7 @@ def prompt_lengths(count: int, seed: int) -> list[int]:
 
 
 def main() -> int:
-    from operators.length_grouping import padding_counts, plan_generate_calls
+    from llava_batch.operators.generation.length_grouping import padding_counts, plan_generate_calls
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=400)

@@ -14,7 +14,7 @@ Each run is a fresh process:
     thread (OMP_NUM_THREADS=1), as Ray gives the pipeline's replica actor (num_cpus <= 1 -> one thread).
 Steady state, excluding fixed start-up costs (process and Ray start, actor start-up, model load):
   - pipeline: images / (model replica busy + idle-waiting-for-input seconds), from its own per-batch accounting
-    (the `model replicas` summary line, operators.generate.ReplicaClock). Time before the model is loaded is not
+    (the `model replicas` summary line, llava_batch.operators.generation.replica.ReplicaClock). Time before the model is loaded is not
     counted; time the replica then waits for its first batch and between batches is. With the replica the
     bottleneck and idle near 0, this is the rate at which rows leave the pipeline;
   - single process: images / (time from reading the first batch to writing the last file).
@@ -48,13 +48,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_generation as shared  # noqa: E402  (synthetic JPEGs, median)
 from generation_vs_peers import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
 
-from operators.batch import object_array  # noqa: E402
-from operators.generate import Generate  # noqa: E402
-from operators.preprocess import PreprocessForModel  # noqa: E402
-from pipeline.columns import to_arrow  # noqa: E402
-from pipeline.commit import to_output_table  # noqa: E402
-from pipeline.config import GenerationSettings  # noqa: E402
-from pipeline.storage import StorageOptions, list_files, read_bytes, write_parquet_atomically  # noqa: E402
+from llava_batch.operators.batch import object_array  # noqa: E402
+from llava_batch.operators.generation.replica import Generate  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+from llava_batch.pipeline.config import GenerationSettings  # noqa: E402
+from llava_batch.pipeline.io.storage import StorageOptions, list_files, read_bytes, write_parquet_atomically  # noqa: E402
+from llava_batch.pipeline.run.columns import to_arrow  # noqa: E402
+from llava_batch.pipeline.run.commit import to_output_table  # noqa: E402
 from tests.support.seaweedfs import S3Endpoint, run_seaweedfs  # noqa: E402
 
 PROMPT = "Describe this image."
@@ -82,7 +82,16 @@ class Run:
 def run_pipeline(
     endpoint: S3Endpoint, checkpoint: Path, input_uri: str, output_uri: str, new_tokens: int
 ) -> Run:
-    command = [sys.executable, "-m", "pipeline.cli", "caption", "--input", input_uri, "--output", output_uri]
+    command = [
+        sys.executable,
+        "-m",
+        "llava_batch.cli.main",
+        "caption",
+        "--input",
+        input_uri,
+        "--output",
+        output_uri,
+    ]
     command += ["--model", str(checkpoint), "--prompt", PROMPT, "--max-new-tokens", str(new_tokens)]
     command += ["--batch-size", str(BATCH), "--files-per-shard", str(BATCH), "--dtype", "float32"]
     env = {**os.environ, **endpoint.env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

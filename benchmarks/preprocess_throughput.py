@@ -4,9 +4,9 @@ Run: python benchmarks/preprocess_throughput.py [--quick] [--images 48] [--sizes
 
 Processors are the real-size ones, built offline (no model weights needed): CLIP 336 px for llava and vipllava,
 LLaVA-NeXT anyres 336 px with the llava-v1.6 pinpoints, SigLIP 384 px for llava_interleave; the tokenizer is the
-offline BPE of pipeline.tiny_models. Inputs are synthetic photo-like JPEGs of each size.
+offline BPE of llava_batch.pipeline.families.tiny_models. Inputs are synthetic photo-like JPEGs of each size.
   - operator: PreprocessForModel on a batch of {image_bytes, prompt} rows: decode, chat template, processor,
-    packing (operators.tensor_codec) of every row;
+    packing (llava_batch.operators.tensor_codec) of every row;
   - processor: the HF processor called directly, one row at a time as the operator does, on the same images
     already decoded and the same prompts already rendered.
 Both run in this one process with one thread (torch, OpenMP), so images/s is per core; variants are interleaved
@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_generation as shared  # noqa: E402  (processors and synthetic images live there; it needs no Ray)
 
-from operators.batch import object_array  # noqa: E402
-from operators.chat_template import render_prompt, user_turn  # noqa: E402
-from operators.decode import decode_image  # noqa: E402
-from operators.preprocess import PreprocessForModel  # noqa: E402
-from operators.tensor_codec import pack_arrays, unpack_arrays  # noqa: E402
+from llava_batch.operators.batch import object_array  # noqa: E402
+from llava_batch.operators.chat_template import render_prompt, user_turn  # noqa: E402
+from llava_batch.operators.decode import decode_image  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+from llava_batch.operators.tensor_codec import pack_arrays, unpack_arrays  # noqa: E402
 
 # llava-hf/vip-llava-7b-hf: the same CLIP ViT-L/14-336 processor as LLaVA-1.5, its own prompt format.
 SPECS: dict[str, shared.ModelSpec] = {
@@ -108,7 +108,7 @@ def operator_breakdown(case: Case) -> dict[str, float]:
 
 def transfer_sizes(case: Case) -> dict[str, Any]:
     """Bytes of one packed row as the operator sends it (uint8 pixels where the processor allows, see
-    operators.pixel_transport) and with float32 pixels (compact transport off) or float16 ones; the raw array bytes
+    llava_batch.operators.pixel_transport) and with float32 pixels (compact transport off) or float16 ones; the raw array bytes
     without the npz container; the pixel tensor's shape and dtype."""
     one_row = {name: values[:1] for name, values in case.batch.items()}
     compact = case.operator(one_row)["model_inputs"][0]

@@ -6,7 +6,7 @@ Run: python benchmarks/slot_refill.py [--batch-size 8] [--images 64] [--new-toke
 The operator alone (PreprocessForModel + Generate, as in generation_vs_peers.py: the same CPU-sized random
 LLaVA-1.5, float32, greedy, 1 torch thread) on the same rows once per setting, with captions of varied length:
 each row stops at a probed stop token, at most --new-tokens. A refill fraction f admits waiting rows once
-f x slots are free (operators.continuous_batching.REFILL_FRACTION; 0 means at every free slot). Each line prints
+f x slots are free (llava_batch.operators.generation.continuous_batching.REFILL_FRACTION; 0 means at every free slot). Each line prints
 the operator's seconds per image (its generate calls), live rows per decoding step, and whether its texts equal
 the first setting's (they must: the rule changes when rows join, not what they generate).
 """
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generation_vs_peers as peers  # noqa: E402
 import gpu_generation as shared  # noqa: E402
 
-import operators.continuous_batching as continuous  # noqa: E402
-from operators.generate import Generate  # noqa: E402
-from operators.preprocess import PreprocessForModel  # noqa: E402
+import llava_batch.operators.generation.continuous_batching as continuous  # noqa: E402
+from llava_batch.operators.generation.replica import Generate  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import logging
 
-from jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica, set_up_job
-from operators.prompts import expand_prompts
-from pipeline.config import CaptionConfig, fingerprint_defaults, job_fingerprint
-from pipeline.model_families import ModelInfo
-from pipeline.prompt_sets import PromptSpec
-from pipeline.ray_cluster import ClusterResources
-from pipeline.runner import JobPlan, JobResult, run_job
-from pipeline.stages import Stage, fit_cpu_shares
-from pipeline.storage import StorageOptions
+from llava_batch.jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica, set_up_job
+from llava_batch.operators.prompts import expand_prompts
+from llava_batch.pipeline.config import CaptionConfig, fingerprint_defaults, job_fingerprint
+from llava_batch.pipeline.families import ModelInfo
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.prompt_sets import PromptSpec
+from llava_batch.pipeline.run.ray_cluster import ClusterResources
+from llava_batch.pipeline.run.runner import JobPlan, JobResult, run_job
+from llava_batch.pipeline.run.stages import Stage, fit_cpu_shares
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def prompt_specs(config: CaptionConfig) -> list[PromptSpec]:
 
 
 def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
-    """Every setting that can change a row (pipeline.config.job_fingerprint), plus the prompts file's content:
+    """Every setting that can change a row (llava_batch.pipeline.config.job_fingerprint), plus the prompts file's content:
     outputs made with other values must not be mixed in."""
     return {
         "job": "caption",

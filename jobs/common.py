@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import ConfigError, JobConfig
-from pipeline.model_families import ModelInfo
-from pipeline.ray_cluster import ClusterResources
-from pipeline.readers import ReadSpec
-from pipeline.shards import Shard, with_sample_ids
-from pipeline.stages import CpuShares, Stage
-from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions
+from llava_batch.pipeline.config import ConfigError, JobConfig
+from llava_batch.pipeline.families import ModelInfo
+from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.shards import Shard, with_sample_ids
+from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions
+from llava_batch.pipeline.run.ray_cluster import ClusterResources
+from llava_batch.pipeline.run.stages import CpuShares, Stage
 
 # Rows per preprocessing call: large enough to amortise the call, small enough to keep blocks light.
 PREPROCESS_BATCH_ROWS = 16
@@ -30,7 +30,7 @@ class JobSetup:
     resources: ClusterResources
 
     def manifest_extra(self, config: JobConfig) -> dict[str, Any]:
-        from pipeline.model_families import model_provenance
+        from llava_batch.pipeline.families import model_provenance
 
         return {
             "config": config.to_dict(),
@@ -42,10 +42,10 @@ class JobSetup:
 def set_up_job(config: JobConfig) -> JobSetup:
     """Everything that can be checked (settings, model family, input listing) is checked before Ray starts, so a
     typo costs seconds, not a cluster start; then connect to (or start) Ray."""
-    from pipeline.inputs import plan_shards
-    from pipeline.model_families import check_model_loadable, inspect_model
-    from pipeline.ray_cluster import configure_ray_data, connect
-    from pipeline.storage import check_store
+    from llava_batch.pipeline.families import check_model_loadable, inspect_model
+    from llava_batch.pipeline.io.formats import plan_shards
+    from llava_batch.pipeline.io.storage import check_store
+    from llava_batch.pipeline.run.ray_cluster import configure_ray_data, connect
 
     options = StorageOptions(config.s3_endpoint_url)
     model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
@@ -97,7 +97,7 @@ def read_spec(config: JobConfig) -> ReadSpec:
 
 
 def read_stage(config: JobConfig, options: StorageOptions, shares: CpuShares) -> Stage:
-    from pipeline.readers import read_shards
+    from llava_batch.pipeline.io.read_stage import read_shards
 
     return Stage(
         "read",
@@ -121,9 +121,9 @@ def model_call_stages(
 ) -> list[Stage]:
     """preprocess -> generate, as two actor pools. `name` suffixes the stage names when a job calls the model
     more than once (instruct: questions, then each turn)."""
-    from operators.generate import Generate
-    from operators.preprocess import PreprocessForModel
-    from pipeline.prompt_formats import fallback_chat_template
+    from llava_batch.operators.generation.replica import Generate
+    from llava_batch.operators.preprocess import PreprocessForModel
+    from llava_batch.pipeline.families.prompt_formats import fallback_chat_template
 
     suffix = f"-{name}" if name else ""
     return [
@@ -158,7 +158,7 @@ def model_call_stages(
                 "attn_implementation": config.attn_implementation,
                 "compile": config.compile,
                 "trust_remote_code": config.trust_remote_code,
-                # A replica larger than one GPU: its layers spread evenly over its GPUs (pipeline.placement).
+                # A replica larger than one GPU: its layers spread evenly over its GPUs (llava_batch.operators.generation.placement).
                 "device_map": "balanced" if gpus > 1 else None,
                 "rows_per_call": config.batch_size,
                 "max_batch_tokens": config.batch_tokens,

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jobs.caption import run_caption
-from pipeline.builtin_models import builtin_model_path
-from pipeline.config import CaptionConfig
-from pipeline.ray_cluster import shutdown
-from training.shapes import samples
+from llava_batch.jobs.caption import run_caption
+from llava_batch.pipeline.config import CaptionConfig
+from llava_batch.pipeline.run.ray_cluster import shutdown
+from llava_batch.training.shapes import samples
 
 DEMO_IMAGES = 12
 DEMO_SEED = 2026
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     config = CaptionConfig(
         input=str(out / "demo-images"),
         output=str(out / "captions"),
-        model=str(builtin_model_path("llava")),
+        model="builtin:llava",
         prompt=prompt,
         max_new_tokens=16,
         batch_size=4,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.config import (
+from llava_batch.pipeline.config import (
     ConfigError,
     JobConfig,
     _check_range,
@@ -23,13 +23,13 @@ from pipeline.config import (
     fingerprint_defaults,
     job_fingerprint,
 )
-from pipeline.stages import Stage
+from llava_batch.pipeline.run.stages import Stage
 
 if TYPE_CHECKING:
-    from pipeline.model_families import ModelInfo
-    from pipeline.ray_cluster import ClusterResources
-    from pipeline.runner import JobResult
-    from pipeline.storage import StorageOptions
+    from llava_batch.pipeline.families import ModelInfo
+    from llava_batch.pipeline.io.storage import StorageOptions
+    from llava_batch.pipeline.run.ray_cluster import ClusterResources
+    from llava_batch.pipeline.run.runner import JobResult
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +98,18 @@ def instruct_stages(
     """read -> prompt -> [preprocess -> generate] questions -> parse -> per turn [preprocess -> generate -> grow].
 
     Every model call is its own pair of actor pools; the CPU requests of all pools plus a read task fit the
-    cluster (pipeline.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
+    cluster (llava_batch.pipeline.run.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
     """
     # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
-    from jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica
-    from operators.conversation import continue_conversation, finish_conversation, start_conversation
-    from operators.parse_questions import explode_questions
-    from operators.prompts import expand_prompts
-    from pipeline.stages import fit_cpu_shares
+    from llava_batch.jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica
+    from llava_batch.operators.conversation import (
+        continue_conversation,
+        finish_conversation,
+        start_conversation,
+    )
+    from llava_batch.operators.parse_questions import explode_questions
+    from llava_batch.operators.prompts import expand_prompts
+    from llava_batch.pipeline.run.stages import fit_cpu_shares
 
     gpus = resolve_gpus_per_replica(config, resources)
     calls = config.turns + 1  # the question-writing call, then one per turn
@@ -161,7 +165,7 @@ def settings(config: InstructConfig) -> dict[str, Any]:
 
 
 def fingerprint(config: InstructConfig, model: ModelInfo) -> dict[str, Any]:
-    """Every setting that can change a row (pipeline.config.job_fingerprint), the instruction as sent:
+    """Every setting that can change a row (llava_batch.pipeline.config.job_fingerprint), the instruction as sent:
     outputs made with other values must not be mixed in."""
     return {
         "job": "instruct",
@@ -173,7 +177,7 @@ def fingerprint(config: InstructConfig, model: ModelInfo) -> dict[str, Any]:
 
 def instruct_output_table(table: pa.Table, keep_columns: tuple[str, ...] = ()) -> pa.Table:
     """The gathered rows of a shard as output: the instruct columns, then the kept input columns."""
-    from pipeline.commit import to_output_table
+    from llava_batch.pipeline.run.commit import to_output_table
 
     extra = [name for name in keep_columns if name in table.column_names]
     table = table.select(
@@ -187,8 +191,8 @@ def export_llava_json(output_uri: str, target: str, options: StorageOptions) -> 
     at a time so the driver never holds the whole output. Error rows are left out. Returns (written, skipped)."""
     import pyarrow.parquet as pq
 
-    from pipeline.commit import PART_PREFIX, PART_SUFFIX
-    from pipeline.storage import filesystem_for, join_uri, list_names
+    from llava_batch.pipeline.io.storage import filesystem_for, join_uri, list_names
+    from llava_batch.pipeline.run.commit import PART_PREFIX, PART_SUFFIX
 
     written = skipped = 0
     source_fs, _ = filesystem_for(output_uri, options)
@@ -223,8 +227,8 @@ def export_llava_json(output_uri: str, target: str, options: StorageOptions) -> 
 
 def run_instruct(config: InstructConfig) -> JobResult:
     """The whole job; settings, model and input are checked before Ray starts, as for caption."""
-    from jobs.common import set_up_job
-    from pipeline.runner import JobPlan, run_job
+    from llava_batch.jobs.common import set_up_job
+    from llava_batch.pipeline.run.runner import JobPlan, run_job
 
     setup = set_up_job(config)
     plan = JobPlan(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from operators.batch import column, require_columns, row_count
-from operators.chat_template import IMAGE_PLACEHOLDER, Conversation, user_turn
+from llava_batch.operators.batch import column, require_columns, row_count
+from llava_batch.operators.chat_template import IMAGE_PLACEHOLDER, Conversation, user_turn
 
 ROLE_NAMES = {"user": "human", "assistant": "gpt"}
 

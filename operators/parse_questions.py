@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.batch import column, object_array, require_columns, row_count
+from llava_batch.operators.batch import column, object_array, require_columns, row_count
 
 # A list marker at the start of a line: "1.", "1)", "(1)", "-", "*", "•", "Q1:", "Question 2 -", "a)".
 LIST_MARKER = re.compile(

@@ -4,7 +4,7 @@ Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, 
 messages, or a JSON string: a prompt already rendered, used verbatim), `fields` (for a VipLLaVA `visual_prompt`
 annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`;
 drops `image_bytes` (unless a later model call needs them).
-Pixel values are packed as uint8 where the processor allows it (operators.pixel_transport), else as float32.
+Pixel values are packed as uint8 where the processor allows it (llava_batch.operators.pixel_transport), else as float32.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from operators.batch import column, require_columns, row_count
-from operators.chat_template import (
+from llava_batch.operators.batch import column, require_columns, row_count
+from llava_batch.operators.chat_template import (
     IMAGE_PLACEHOLDER,
     Conversation,
     count_images,
@@ -25,16 +25,17 @@ from operators.chat_template import (
     render_prompt,
     user_turn,
 )
-from operators.decode import ImageDecodeError, decode_image
-from operators.pixel_transport import (
+from llava_batch.operators.decode import ImageDecodeError, decode_image
+from llava_batch.operators.model_source import resolve_model_source
+from llava_batch.operators.pixel_transport import (
     RAW_PIXEL_KWARGS,
     as_uint8,
     expand_pixels,
     pads_after_normalising,
     pixel_table,
 )
-from operators.tensor_codec import pack_arrays
-from operators.visual_prompt import draw_visual_prompt
+from llava_batch.operators.tensor_codec import pack_arrays
+from llava_batch.operators.visual_prompt import draw_visual_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def load_processor(model: str, *, trust_remote_code: bool = False) -> Any:
     """The checkpoint's processor with the PIL image backend pinned, so pixels do not depend on torchvision."""
     from transformers import AutoProcessor
 
+    model = resolve_model_source(model)
     try:
         return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
     except TypeError:  # older transformers without the `backend` switch only have the PIL processors
@@ -68,7 +70,7 @@ class PreprocessForModel:
         """`keep_image_bytes`: pass the encoded images on, for jobs that call the model again on the same
         images (instruct: questions first, then answers); by default they are dropped to keep blocks light.
 
-        `compact_pixels`: send uint8 pixels for the model side to normalise (operators.pixel_transport) where
+        `compact_pixels`: send uint8 pixels for the model side to normalise (llava_batch.operators.pixel_transport) where
         this processor allows it; it switches itself off, with a warning, if the first row does not reproduce the
         processor's float32 pixels exactly."""
         self.keep_image_bytes = keep_image_bytes
@@ -101,7 +103,7 @@ class PreprocessForModel:
                 continue
             try:
                 row_fields = json.loads(fields[index]) if fields[index] else {}
-                # operators.prompts writes a raw prompt (--raw-prompt-column) as a JSON string, messages as a list.
+                # llava_batch.operators.prompts writes a raw prompt (--raw-prompt-column) as a JSON string, messages as a list.
                 decoded = json.loads(conversations[index]) if conversations[index] else None
                 arrays = self.preprocess_row(
                     batch["image_bytes"][index],

@@ -2,7 +2,7 @@
 column, a template filled from row fields, a whole conversation column, or a column of prompts already rendered.
 
 Reads `id`, `shard_rows`, `fields` (JSON); writes `prompt`, `prompt_id`, `conversation` (JSON messages; a JSON
-string for a rendered prompt, which operators.preprocess uses verbatim; or null),
+string for a rendered prompt, which llava_batch.operators.preprocess uses verbatim; or null),
 `generation` (JSON of per-prompt decoding overrides or null), `error`; multiplies rows by the prompt count.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from operators.batch import column, object_array, row_count
+from llava_batch.operators.batch import column, object_array, row_count
 
-# Text that marks a value as a prompt already rendered in some family's format (pipeline/prompt_formats.py).
+# Text that marks a value as a prompt already rendered in some family's format (pipeline/families/prompt_formats.py).
 RENDERED_PROMPT_MARKERS = (
     "<image>",
     "USER:",

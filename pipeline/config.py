@@ -53,7 +53,7 @@ RUN_ONLY_SETTINGS = frozenset(
         "overwrite",
         "max_error_rate",
         "trust_remote_code",
-        # Which inputs run, not what a row holds: shard ids carry the selection (pipeline.shards), so a full run
+        # Which inputs run, not what a row holds: shard ids carry the selection (llava_batch.pipeline.io.shards), so a full run
         # after a trial redoes the trial's shards and the runner removes their parts first.
         "limit",
         "sample",
@@ -229,7 +229,7 @@ def job_fingerprint(config: JobConfig) -> dict[str, Any]:
 
 def fingerprint_defaults(config_class: type) -> dict[str, Any]:
     """Defaults of the fingerprinted fields: a `_job.json` written before a field counted was made with them.
-    Required settings have no default to assume (pipeline.commit.check_job_identity takes today's value)."""
+    Required settings have no default to assume (llava_batch.pipeline.run.commit.check_job_identity takes today's value)."""
     defaults = {}
     for f in fields(config_class):
         if not f.init or f.name in config_class.run_only_settings or f.name in REQUIRED_SETTINGS:
@@ -276,7 +276,7 @@ class CaptionConfig(JobConfig):
                 f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
             )
         if self.prompts_file is not None:
-            from pipeline.prompt_sets import load_prompts_file
+            from llava_batch.pipeline.prompt_sets import load_prompts_file
 
             self.prompt_set = load_prompts_file(self.prompts_file)
 
@@ -356,7 +356,7 @@ def load_config(cls: type, yaml_path: str | os.PathLike | None, overrides: dict[
     if yaml_path is not None:
         path = Path(yaml_path)
         loaded = read_yaml_mapping(path)
-        # `job` and `schedule` describe the file, not the job's settings (pipeline.job_files reads them).
+        # `job` and `schedule` describe the file, not the job's settings (llava_batch.cli.job_files reads them).
         job = loaded.pop("job", None)
         loaded.pop("schedule", None)
         expected = getattr(cls, "job_name", None)
@@ -461,7 +461,7 @@ def _as_names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def check_template(name: str, text: str) -> None:
-    from operators.prompts import template_fields
+    from llava_batch.operators.prompts import template_fields
 
     try:
         template_fields(text)
@@ -493,7 +493,7 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _same_or_nested(input_uri: str, output_uri: str) -> bool:
     """Local paths are compared as real paths: an output reached through a symlink (to the input, or below a
     symlinked parent) is still inside the input; realpath also resolves an output that does not exist yet."""
-    from pipeline.storage import fixed_prefix, is_local, normalize_uri
+    from llava_batch.pipeline.io.storage import fixed_prefix, is_local, normalize_uri
 
     source = normalize_uri(fixed_prefix(input_uri))
     target = normalize_uri(output_uri)

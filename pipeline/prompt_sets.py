@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, GenerationSettings
+from llava_batch.pipeline.config import ConfigError, GenerationSettings
 
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p")
 PROMPT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -71,7 +71,7 @@ def _prompt_spec(index: int, entry: Any, path: str) -> PromptSpec:
     prompt_id = str(entry.get("id", f"p{index}"))
     if not PROMPT_ID.match(prompt_id):
         raise ConfigError(f"{where}: id {prompt_id!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    from pipeline.config import check_template
+    from llava_batch.pipeline.config import check_template
 
     try:
         check_template("text", text)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from operators.generate import Generate
-from operators.preprocess import PreprocessForModel
-from operators.visual_prompt import draw_visual_prompt
-from training.shapes import Sample
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.visual_prompt import draw_visual_prompt
+from llava_batch.training.shapes import Sample
 
 MAX_IMAGE_PIXELS = 10**6
 MAX_NEW_TOKENS = 16  # the longest answer is 7 tokens plus the end-of-sequence token

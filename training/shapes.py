@@ -110,7 +110,9 @@ class Sample:
     images: list[Image.Image]  # clean images, in prompt order
     prompt: str
     answer: str
-    visual_prompt: dict[str, Any] | None  # vipllava: the annotation to draw with operators.visual_prompt
+    visual_prompt: (
+        dict[str, Any] | None
+    )  # vipllava: the annotation to draw with llava_batch.operators.visual_prompt
     shapes: list[list[DrawnShape]] = field(default_factory=list)  # per image, what was drawn (for checks)
 
 

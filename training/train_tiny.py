@@ -1,8 +1,8 @@
 """Train one small LLaVA-family checkpoint on the synthetic shape tasks, on CPU, reproducibly from a seed.
 
-    python -m training.train_tiny --family llava --out models/llava --seed 0
+    python -m llava_batch.training.train_tiny --family llava --out models/llava --seed 0
 
-The model is the family's real transformers architecture, built by pipeline/tiny_models.py (own tokenizer, chat
+The model is the family's real transformers architecture, built by pipeline/families/tiny_models.py (own tokenizer, chat
 template and processor). Prompts are rendered and images processed by the pipeline's own PreprocessForModel, so
 training sees exactly what inference will. The loss covers only the answer tokens and the end-of-sequence token.
 At the end the checkpoint is saved (float32 safetensors + processor) and its held-out exact-match accuracy,
@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from operators.generate import left_pad_collate
-from operators.preprocess import PreprocessForModel
-from pipeline.tiny_models import FAMILIES, IMAGE_SIZE, METADATA_FILE, build_tiny_model
-from training.oracle import MAX_IMAGE_PIXELS, evaluate, image_payload
-from training.shapes import Sample, samples, tokenizer_corpus
+from llava_batch.operators.generation.replica import left_pad_collate
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.pipeline.families.tiny_models import FAMILIES, IMAGE_SIZE, METADATA_FILE, build_tiny_model
+from llava_batch.training.oracle import MAX_IMAGE_PIXELS, evaluate, image_payload
+from llava_batch.training.shapes import Sample, samples, tokenizer_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         heldout_samples=args.heldout,
         heldout_accuracy=result.accuracy,
         eval_seconds=round(time.perf_counter() - started, 1),
-        command="python -m training.train_tiny " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        command="python -m llava_batch.training.train_tiny "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     size = checkpoint_bytes(out)

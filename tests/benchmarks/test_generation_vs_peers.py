@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import generation_vs_peers as peers  # noqa: E402
 import gpu_generation as shared  # noqa: E402
 
-from operators.preprocess import PreprocessForModel  # noqa: E402
+from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 
 
 def test_prefill_ceiling_runs_one_token_per_row_and_divides_the_pipeline_time(

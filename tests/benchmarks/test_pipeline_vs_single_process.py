@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import pipeline_vs_single_process as bench  # noqa: E402
 
-from pipeline.progress import replica_time_text  # noqa: E402
+from llava_batch.pipeline.run.progress import replica_time_text  # noqa: E402
 
 
 def test_steady_rates_ratio_and_caption_agreement():

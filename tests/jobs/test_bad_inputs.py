@@ -4,8 +4,8 @@ used, an error naming the reason where it cannot. The job still exits 0 when tol
 import pyarrow.parquet as pq
 import pytest
 
-from operators.decode import decode_image
-from pipeline.cli import main
+from llava_batch.cli.main import main
+from llava_batch.operators.decode import decode_image
 from tests.support.bad_images import UNUSABLE, USABLE, write_corpus
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def test_every_bad_or_awkward_file_gives_exactly_one_row(tmp_path, tiny_models):
 
 
 def test_oversize_images_are_refused_under_the_job_limit(tmp_path):
-    from operators.decode import ImageDecodeError
+    from llava_batch.operators.decode import ImageDecodeError
     from tests.support.bad_images import png_bomb
 
     with pytest.raises(

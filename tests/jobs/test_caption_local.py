@@ -8,7 +8,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
+from llava_batch.cli.main import main
 from tests.support.images import write_images
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_output_loads_with_hf_datasets(tmp_path, tiny_models):
 def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
     folder = tmp_path / "in"
     write_images(folder, 2)
-    command = [sys.executable, "-m", "pipeline.cli", "caption", "--input", str(folder)]
+    command = [sys.executable, "-m", "llava_batch.cli.main", "caption", "--input", str(folder)]
     command += [
         "--output",
         str(tmp_path / "out"),
@@ -211,7 +211,7 @@ def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models, c
 
 
 def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path, tiny_models):
-    from pipeline.readers import ReadSpec
+    from llava_batch.pipeline.io.read_stage import ReadSpec
 
     folder = tmp_path / "in"
     names = write_images(folder, 8)

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from operators.generate import Generate
-from operators.preprocess import PreprocessForModel
-from pipeline.cli import main
+from llava_batch.cli.main import main
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
 from tests.support.images import SIZES, image_bytes
 
 pytestmark = pytest.mark.integration

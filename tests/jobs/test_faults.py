@@ -11,7 +11,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
+from llava_batch.cli.main import main
 from tests.support.images import image_bytes
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.builtin_models import builtin_model_path
-from pipeline.cli import main
-from training.shapes import samples
+from llava_batch.cli.main import main
+from llava_batch.operators.model_source import builtin_model_path
+from llava_batch.training.shapes import samples
 
 pytestmark = pytest.mark.integration
 

@@ -2,12 +2,12 @@
 
 import pytest
 
-from jobs.instruct import InstructConfig, instruct_stages
-from pipeline.builtin_models import builtin_model_path
-from pipeline.config import ConfigError
-from pipeline.model_families import inspect_model
-from pipeline.ray_cluster import ClusterResources
-from pipeline.storage import StorageOptions
+from llava_batch.jobs.instruct import InstructConfig, instruct_stages
+from llava_batch.operators.model_source import builtin_model_path
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.families import inspect_model
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.ray_cluster import ClusterResources
 
 BASE = {"input": "/in", "output": "/out", "model": "m"}
 

@@ -13,8 +13,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.output_lock import LOCK_FILE
+from llava_batch.cli.main import main
+from llava_batch.pipeline.run.output_lock import LOCK_FILE
 from tests.jobs.test_resume import caption_argv
 from tests.support.images import image_bytes
 
@@ -46,7 +46,7 @@ def test_sample_run_then_sigterm_then_resume_leaves_every_id_once(tmp_path, tiny
     trial_parts = {path.name for path in output.glob("part-*.parquet")}
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *argv],
+        [sys.executable, "-m", "llava_batch.cli.main", *argv],
         env=env,
         start_new_session=True,
         stdout=subprocess.PIPE,

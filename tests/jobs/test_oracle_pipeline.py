@@ -11,10 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.builtin_models import builtin_model_path
-from pipeline.cli import main
-from training.oracle import png_bytes
-from training.shapes import samples
+from llava_batch.cli.main import main
+from llava_batch.training.oracle import png_bytes
+from llava_batch.training.shapes import samples
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,7 @@ def write_table(path, family: str) -> dict[str, str]:
 def test_trained_model_reaches_the_bar_through_the_pipeline(family, tmp_path):
     answers = write_table(tmp_path / "in", family)
     argv = ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
-    argv += ["--model", str(builtin_model_path(family)), "--id-column", "uid", "--image-column", "images"]
+    argv += ["--model", f"builtin:{family}", "--id-column", "uid", "--image-column", "images"]
     argv += [
         "--prompt-column",
         "question",

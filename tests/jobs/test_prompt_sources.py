@@ -12,10 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.builtin_models import builtin_model_path
-from pipeline.cli import main
-from training.oracle import png_bytes
-from training.shapes import samples
+from llava_batch.cli.main import main
+from llava_batch.training.oracle import png_bytes
+from llava_batch.training.shapes import samples
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +71,7 @@ def run(argv):
 
 def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
     answers = write_table(tmp_path / "in")
-    common = ["--model", str(builtin_model_path("llava")), "--id-column", "uid", "--image-column", "images"]
+    common = ["--model", "builtin:llava", "--id-column", "uid", "--image-column", "images"]
     common += ["--max-new-tokens", "16", "--max-error-rate", "0.5"]
     as_conversation = run(
         ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "conv"), *common]
@@ -132,6 +131,6 @@ def test_a_second_prompt_source_fails_before_ray_starts(tmp_path, capsys, flags,
     import ray
 
     argv = ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
-    assert main(argv + ["--model", str(builtin_model_path("llava")), *flags]) == 2
+    assert main(argv + ["--model", "builtin:llava", *flags]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [line]
     assert not ray.is_initialized()

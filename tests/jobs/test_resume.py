@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
+from llava_batch.cli.main import main
 from tests.support.images import image_bytes
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def run_and_kill(argv: list[str], count_parts, env: dict[str, str], before_kill=
     """Start the CLI as its own process group and SIGKILL the driver as soon as a shard is committed (after
     `before_kill()`, if given); returns how many parts existed just before the kill."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *argv],
+        [sys.executable, "-m", "llava_batch.cli.main", *argv],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.schedule
-from pipeline.cli import EXIT_OUTPUT_LOCKED, main
-from pipeline.output_lock import LOCK_FILE, OutputLock
-from pipeline.storage import StorageOptions
+import llava_batch.cli.schedule
+from llava_batch.cli.main import EXIT_OUTPUT_LOCKED, main
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.output_lock import LOCK_FILE, OutputLock
 from tests.support.images import write_images
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,8 @@ def test_two_ticks_process_each_arriving_shard_once(tmp_path, tiny_models, monke
             write_images(incoming / "2026-11-25", 2)  # one new shard
         clock["now"] = moment
 
-    monkeypatch.setattr(pipeline.schedule, "utc_now", lambda: clock["now"])
-    monkeypatch.setattr(pipeline.schedule, "sleep_until", sleep_until)
+    monkeypatch.setattr(llava_batch.cli.schedule, "utc_now", lambda: clock["now"])
+    monkeypatch.setattr(llava_batch.cli.schedule, "sleep_until", sleep_until)
     assert main(["schedule", "--config", str(job), "--max-runs", "2"]) == 0
 
     assert fired == [datetime(2026, 11, 25, 3, h, tzinfo=timezone.utc) for h in (5, 10)]

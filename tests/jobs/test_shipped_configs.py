@@ -13,10 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import write_demo_images
-from pipeline.builtin_models import MODELS_DIR
-from pipeline.cli import build_parser, main, run_job
-from pipeline.job_files import JOBS, load_job_file
+from llava_batch.cli.job_files import JOBS, load_job_file
+from llava_batch.cli.main import build_parser, main, run_job
+from llava_batch.jobs.demo import write_demo_images
 from tests.support.images import write_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +57,9 @@ def test_a_scheduled_example_is_shipped():
     assert any(load_job_file(path).schedule for path in CONFIGS)
 
 
-def builtin_for(model: str) -> Path:
+def builtin_for(model: str) -> str:
     """The built-in checkpoint of a hub model's family (LLaVA-NeXT is v1.6)."""
-    return MODELS_DIR / ("llava_next" if "v1.6" in model or "next" in model.lower() else "llava")
+    return "builtin:llava_next" if "v1.6" in model or "next" in model.lower() else "builtin:llava"
 
 
 def offline_overrides(path: Path, workdir: Path) -> dict:
@@ -83,15 +82,14 @@ def offline_overrides(path: Path, workdir: Path) -> dict:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
 def test_cluster_configs_load_with_offline_substitutions(path, tmp_path):
     config = load_job_file(path, offline_overrides(path, tmp_path)).config
-    assert config.model.startswith(str(MODELS_DIR)) and config.limit == RUN_LIMIT
+    assert config.model.startswith("builtin:") and config.limit == RUN_LIMIT
 
 
 @pytest.mark.integration
 def test_the_local_config_runs_as_its_first_line_says(tmp_path, monkeypatch, capsys):
-    # A checkout after `make demo`: the configs, the built-in models and out/demo-images, run from its root.
+    # A checkout after `make demo`: the configs and out/demo-images, run from its root (the model is builtin:llava).
     (tmp_path / "jobs" / "configs").mkdir(parents=True)
     (tmp_path / "jobs" / "configs" / LOCAL_CONFIG.name).write_text(LOCAL_CONFIG.read_text())
-    (tmp_path / "models").symlink_to(MODELS_DIR)
     _, expected = write_demo_images(tmp_path / "out" / "demo-images")
     monkeypatch.chdir(tmp_path)
     assert main([*first_line_command(LOCAL_CONFIG), "--limit", str(RUN_LIMIT)]) == 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from operators.batch import MissingColumnsError, column, require_columns
+from llava_batch.operators.batch import MissingColumnsError, column, require_columns
 
 
 def test_column_treats_ray_null_columns_as_missing():

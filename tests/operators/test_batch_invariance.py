@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from operators.generate import Generate
-from operators.preprocess import PreprocessForModel
-from operators.tensor_codec import unpack_arrays
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.tensor_codec import unpack_arrays
 from tests.support.images import SIZES, image_bytes
 
 FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]

@@ -1,6 +1,6 @@
 """Where a row's images go in its conversation: one rule for every prompt source (README, Prompts)."""
 
-from operators.chat_template import count_images, place_images
+from llava_batch.operators.chat_template import count_images, place_images
 
 IMAGE = {"type": "image"}
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from operators.generate import left_pad_collate
-from operators.tensor_codec import pack_arrays, unpack_arrays
+from llava_batch.operators.generation.replica import left_pad_collate
+from llava_batch.operators.tensor_codec import pack_arrays, unpack_arrays
 
 
 def rows():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from operators import continuous_batching
-from operators.continuous_batching import decoding_settings
-from operators.generate import REPLICA_STATS_COLUMN, Generate
-from operators.preprocess import PreprocessForModel
-from operators.tensor_codec import unpack_arrays
-from pipeline.tiny_models import varied_length_stop_token
+from llava_batch.operators.generation import continuous_batching
+from llava_batch.operators.generation.continuous_batching import decoding_settings
+from llava_batch.operators.generation.replica import REPLICA_STATS_COLUMN, Generate
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.tensor_codec import unpack_arrays
+from llava_batch.pipeline.families.tiny_models import varied_length_stop_token
 from tests.support.images import SIZES, image_bytes
 
 FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]

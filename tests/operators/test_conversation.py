@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from operators.conversation import (
+from llava_batch.operators.conversation import (
     continue_conversation,
     finish_conversation,
     follow_up_question,

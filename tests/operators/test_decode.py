@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.decode import TRANSPARENCY_BACKGROUND, ImageDecodeError, decode_image
+from llava_batch.operators.decode import TRANSPARENCY_BACKGROUND, ImageDecodeError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

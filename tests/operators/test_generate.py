@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from operators.generate import REPLICA_STATS_COLUMN, Generate, ReplicaClock, merge_generation
-from operators.preprocess import PreprocessForModel
+from llava_batch.operators.generation.replica import (
+    REPLICA_STATS_COLUMN,
+    Generate,
+    ReplicaClock,
+    merge_generation,
+)
+from llava_batch.operators.preprocess import PreprocessForModel
 from tests.support.images import SIZES, image_bytes
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -55,7 +60,7 @@ def test_per_row_max_new_tokens_override(llava):
 
 
 # Where a call meets the model: `model.generate` (plain batches) or the model's forward calls, of which those with
-# pixels are prefills (continuous batching, operators/continuous_batching.py).
+# pixels are prefills (continuous batching, operators/generation/continuous_batching.py).
 ENTRY = {"generate": "generate", "continuous": "forward"}
 
 

@@ -1,4 +1,4 @@
-from operators.length_grouping import padding_share, plan_generate_calls
+from llava_batch.operators.generation.length_grouping import padding_share, plan_generate_calls
 
 
 def test_without_grouping_calls_keep_arrival_order():

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from operators.parse_questions import explode_questions, parse_questions
+from llava_batch.operators.parse_questions import explode_questions, parse_questions
 
 
 def test_numbering_bullets_and_prefixes_are_stripped():

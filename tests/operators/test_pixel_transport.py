@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from operators.chat_template import render_prompt, user_turn
-from operators.decode import decode_image
-from operators.generate import Generate
-from operators.pixel_transport import pixel_table
-from operators.preprocess import PreprocessForModel
-from operators.tensor_codec import unpack_arrays
+from llava_batch.operators.chat_template import render_prompt, user_turn
+from llava_batch.operators.decode import decode_image
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.pixel_transport import pixel_table
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.tensor_codec import unpack_arrays
 from tests.support.images import SIZES, image_bytes
 
 FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]

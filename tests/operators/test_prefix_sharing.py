@@ -4,16 +4,21 @@ batched call generates."""
 import numpy as np
 import pytest
 
-from operators.generate import Generate
-from operators.length_grouping import plan_generate_calls
-from operators.prefix_sharing import plan_shared_prefixes, prefix_key, prefix_keys, prefix_length
-from operators.preprocess import PreprocessForModel
-from operators.tensor_codec import unpack_arrays
-from pipeline.builtin_models import builtin_model_path
+from llava_batch.operators.generation.length_grouping import plan_generate_calls
+from llava_batch.operators.generation.prefix_sharing import (
+    plan_shared_prefixes,
+    prefix_key,
+    prefix_keys,
+    prefix_length,
+)
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.model_source import builtin_model_path
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.tensor_codec import unpack_arrays
+from llava_batch.training.oracle import exact_match, oracle_operators, pipeline_rows, predict
+from llava_batch.training.shapes import PROMPTS as TRAINED_PROMPTS
+from llava_batch.training.shapes import samples
 from tests.support.images import SIZES, image_bytes
-from training.oracle import exact_match, oracle_operators, pipeline_rows, predict
-from training.shapes import PROMPTS as TRAINED_PROMPTS
-from training.shapes import samples
 
 FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]
 PROMPTS = ["Describe this image.", "What is in the picture? Answer in detail please.", "Name it."]

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from operators.preprocess import PreprocessForModel
-from operators.tensor_codec import unpack_arrays
+from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.operators.tensor_codec import unpack_arrays
 from tests.support.images import image_bytes, make_image
 
 # Tiny llava: 32x32 CLIP crops in 8x8 patches, plus CLS dropped by the default strategy -> 16 image tokens.

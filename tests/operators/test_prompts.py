@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from operators.prompts import expand_prompts, fill_template
+from llava_batch.operators.prompts import expand_prompts, fill_template
 
 
 def batch(fields_per_row, errors=None):

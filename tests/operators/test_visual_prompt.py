@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.visual_prompt import draw_visual_prompt, parse_visual_prompt
+from llava_batch.operators.visual_prompt import draw_visual_prompt, parse_visual_prompt
 
 GREY = (128, 128, 128)
 RED = (255, 0, 0)

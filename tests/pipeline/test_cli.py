@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import ray
 
-from jobs.instruct import InstructConfig
-from pipeline.cli import EXIT_CLUSTER_UNREACHABLE, EXIT_INVALID_SETTINGS, build_parser, main
-from pipeline.config import CaptionConfig
+from llava_batch.cli.main import EXIT_CLUSTER_UNREACHABLE, EXIT_INVALID_SETTINGS, build_parser, main
+from llava_batch.jobs.instruct import InstructConfig
+from llava_batch.pipeline.config import CaptionConfig
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def test_every_flag_of_a_job_has_help(command, config_class):
     helps = {action.dest: action.help for action in parser._actions}
     settable = [f.name for f in fields(config_class) if f.init]
     missing = [name for name in settable if not helps.get(name)]
-    assert not missing, f"flags without help (add them to pipeline.cli.FIELD_HELP): {missing}"
+    assert not missing, f"flags without help (add them to llava_batch.cli.main.FIELD_HELP): {missing}"
     assert all(action.help for action in parser._actions), "every other option too (--config, --help)"
 
 
@@ -114,7 +114,7 @@ def test_an_empty_or_odd_job_id_is_one_line_exit_2(command, job_id, capsys):
 
 
 def test_schedule_with_a_crontab_weekday_range_is_accepted(tmp_path):
-    from pipeline.job_files import load_job_file
+    from llava_batch.cli.job_files import load_job_file
 
     path = tmp_path / "job.yaml"
     path.write_text('schedule: "0 2 * * MON-FRI"\ninput: /data/images\noutput: /data/out\nmodel: /m\n')

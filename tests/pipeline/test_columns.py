@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from pipeline.columns import to_arrow
+from llava_batch.pipeline.run.columns import to_arrow
 
 
 def test_all_none_columns_keep_their_declared_type():

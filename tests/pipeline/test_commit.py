@@ -4,10 +4,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.commit import OUTPUT_SCHEMA, ShardCommitter, check_job_identity, committed_shard_ids, part_name
-from pipeline.config import ConfigError
-from pipeline.shards import plan_image_shards, shard_id_for
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.io.shards import plan_image_shards, shard_id_for
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.commit import (
+    OUTPUT_SCHEMA,
+    ShardCommitter,
+    check_job_identity,
+    committed_shard_ids,
+    part_name,
+)
 
 OPTIONS = StorageOptions()
 
@@ -105,7 +111,7 @@ def test_rows_for_an_already_committed_shard_are_refused(tmp_path):
 
 
 def test_temporary_files_of_a_killed_run_are_removed(tmp_path):
-    from pipeline.commit import remove_temporary_files
+    from llava_batch.pipeline.run.commit import remove_temporary_files
 
     (tmp_path / ".tmp-abc-part-s1.parquet").write_bytes(b"half")
     (tmp_path / "part-s2.parquet").write_bytes(b"kept")

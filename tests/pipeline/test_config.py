@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import CaptionConfig, ConfigError, ReplicaRange, load_config
+from llava_batch.pipeline.config import CaptionConfig, ConfigError, ReplicaRange, load_config
 
 BASE = {"input": "/data/images", "output": "/data/captions", "model": "/models/tiny"}
 
@@ -113,10 +113,10 @@ def test_flash_attention_without_flash_attn_is_refused_with_the_fix(monkeypatch)
 
 
 def test_compile_is_off_by_default_and_reaches_the_model_stage():
-    from jobs.caption import caption_stages
-    from pipeline.model_families import ModelInfo
-    from pipeline.ray_cluster import ClusterResources
-    from pipeline.storage import StorageOptions
+    from llava_batch.jobs.caption import caption_stages
+    from llava_batch.pipeline.families import ModelInfo
+    from llava_batch.pipeline.io.storage import StorageOptions
+    from llava_batch.pipeline.run.ray_cluster import ClusterResources
 
     assert CaptionConfig(**BASE).compile is False
     with pytest.raises(ConfigError, match="compile"):
@@ -131,7 +131,7 @@ def test_compile_is_off_by_default_and_reaches_the_model_stage():
 
 def test_output_inside_the_input_through_a_symlink_is_refused(tmp_path):
     """Compared as real paths: a link to a folder inside the input, a symlinked parent, an output not made yet."""
-    from pipeline.cli import main
+    from llava_batch.cli.main import main
 
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)

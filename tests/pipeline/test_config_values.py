@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from jobs.caption import fingerprint as caption_fingerprint
-from jobs.instruct import InstructConfig
-from jobs.instruct import fingerprint as instruct_fingerprint
-from pipeline.commit import check_job_identity
-from pipeline.config import (
+from llava_batch.jobs.caption import fingerprint as caption_fingerprint
+from llava_batch.jobs.instruct import InstructConfig
+from llava_batch.jobs.instruct import fingerprint as instruct_fingerprint
+from llava_batch.pipeline.config import (
     CaptionConfig,
     ConfigError,
     fingerprint_defaults,
@@ -17,7 +16,8 @@ from pipeline.config import (
     load_config,
     replace,
 )
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.commit import check_job_identity
 
 BASE = {"input": "/data/images", "output": "/data/captions", "model": "/models/tiny"}
 
@@ -131,7 +131,9 @@ def test_keep_columns_changes_the_fingerprint_and_batch_size_does_not():
         {"overwrite": True},
         {"output": "/elsewhere"},
         {"max_error_rate": 0.5},
-        {"limit": 10},  # the selection lives in the shard ids (pipeline.shards), not in the fingerprint
+        {
+            "limit": 10
+        },  # the selection lives in the shard ids (llava_batch.pipeline.io.shards), not in the fingerprint
         {"sample": 0.5},
     ):
         assert job_fingerprint(replace(config, **run_only)) == job_fingerprint(config), run_only

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.cron import CronError, next_fire_time, parse_cron
+from llava_batch.cli.cron import CronError, next_fire_time, parse_cron
 
 
 def utc(*parts: int) -> datetime:

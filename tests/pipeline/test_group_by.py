@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import CaptionConfig, ConfigError
-from pipeline.inputs import plan_shards
-from pipeline.readers import ReadSpec, read_shards
-from pipeline.shards import Shard, shard_id_for
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.config import CaptionConfig, ConfigError
+from llava_batch.pipeline.io.formats import plan_shards
+from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
+from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 
 OPTIONS = StorageOptions()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.config import CaptionConfig, ConfigError, load_config
-from pipeline.job_files import JOBS, load_job_file
+from llava_batch.cli.job_files import JOBS, load_job_file
+from llava_batch.pipeline.config import CaptionConfig, ConfigError, load_config
 
 BASE = "input: /data/in\noutput: /data/out\nmodel: /models/tiny\n"
 
@@ -53,7 +53,7 @@ def test_every_job_names_an_importable_run_function():
 
 
 def test_schedule_refuses_a_file_without_schedule_and_a_bad_max_runs(tmp_path, capsys):
-    from pipeline.cli import main
+    from llava_batch.cli.main import main
 
     path = write(tmp_path, BASE)
     assert main(["schedule", "--config", str(path)]) == 2

@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.model_families import family_of, inspect_model
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.families import family_of, inspect_model
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "vipllava", "llava_interleave"])

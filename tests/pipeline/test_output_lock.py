@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.output_lock import LOCK_FILE, OutputLock, OutputLocked
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.output_lock import LOCK_FILE, OutputLock, OutputLocked
 
 LOCAL = StorageOptions()
 
@@ -70,7 +70,7 @@ def test_the_heartbeat_keeps_a_long_run_alive(tmp_path):
 
 def test_a_stale_lock_of_a_dead_run_is_taken_over_and_logged(tmp_path, caplog):
     write_lock(tmp_path / LOCK_FILE, heartbeat_age_s=600)
-    caplog.set_level(logging.WARNING, logger="pipeline.output_lock")
+    caplog.set_level(logging.WARNING, logger="llava_batch.pipeline.run.output_lock")
     with OutputLock(str(tmp_path), LOCAL, ttl_s=90) as lock:
         assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == lock.run_id
     assert "taking over a stale lock: run deadbeef0001 (host worker-7, pid 4242" in caplog.text
@@ -83,7 +83,7 @@ def test_a_fresh_lock_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp
     write_lock(tmp_path / LOCK_FILE, heartbeat_age_s=1, pid=dead.pid)
     content = json.loads((tmp_path / LOCK_FILE).read_text())
     (tmp_path / LOCK_FILE).write_text(json.dumps({**content, "host": socket.gethostname()}))
-    caplog.set_level(logging.WARNING, logger="pipeline.output_lock")
+    caplog.set_level(logging.WARNING, logger="llava_batch.pipeline.run.output_lock")
     with OutputLock(str(tmp_path), LOCAL, ttl_s=90) as lock:
         assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == lock.run_id
     assert (

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-from pipeline.placement import balanced_device_map, bytes_per_device, empty_model
+from llava_batch.operators.generation.placement import balanced_device_map, bytes_per_device, empty_model
 
 GIB = 2**30
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.progress import ProgressReporter, summary_text
-from pipeline.runner import JobResult
+from llava_batch.pipeline.run.progress import ProgressReporter, summary_text
+from llava_batch.pipeline.run.runner import JobResult
 
 
 @dataclass
@@ -58,7 +58,7 @@ def test_the_demo_prints_its_summary_before_the_truth_table(tmp_path, monkeypatc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import jobs.demo as demo
+    import llava_batch.jobs.demo as demo
 
     def fake_run(config):
         rows = [{"id": name, "generated_text": "x", "error": None} for name in sorted(config_expected)]

@@ -7,8 +7,8 @@ import jinja2.ext
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from pipeline.model_families import ModelInfo
-from pipeline.prompt_formats import (
+from llava_batch.pipeline.families import ModelInfo
+from llava_batch.pipeline.families.prompt_formats import (
     CHAT_TEMPLATES,
     FAMILY_FORMATS,
     PROMPT_FORMATS,

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.prompt_sets import PromptSpec, load_prompts_file
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.prompt_sets import PromptSpec, load_prompts_file
 
 
 def test_yaml_prompts_with_ids_and_decoding(tmp_path):

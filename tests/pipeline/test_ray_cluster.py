@@ -6,7 +6,7 @@ import os
 import psutil
 import pytest
 
-from pipeline.ray_cluster import connect, shutdown
+from llava_batch.pipeline.run.ray_cluster import connect, shutdown
 
 pytestmark = pytest.mark.integration
 

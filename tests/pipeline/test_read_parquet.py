@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.read_parquet import plan_parquet_shards, read_parquet_shard
-from pipeline.readers import ReadSpec
-from pipeline.shards import Shard, shard_id_for
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.io.formats.parquet import plan_parquet_shards, read_parquet_shard
+from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 
 OPTIONS = StorageOptions()

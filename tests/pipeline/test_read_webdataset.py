@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.read_webdataset import (
+from llava_batch.pipeline.io.formats.webdataset import (
     expand_braces,
     plan_webdataset_shards,
     read_webdataset_shard,
     sample_key,
 )
-from pipeline.readers import ReadSpec, read_shards
-from pipeline.shards import Shard, shard_id_for
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
+from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 
 OPTIONS = StorageOptions()

@@ -1,12 +1,12 @@
-"""A --limit/--sample trial run never removes another run's results (pipeline.runner)."""
+"""A --limit/--sample trial run never removes another run's results (llava_batch.pipeline.run.runner)."""
 
 import pytest
 
-from pipeline.commit import part_name
-from pipeline.config import ConfigError
-from pipeline.runner import JobPlan, run_job
-from pipeline.shards import Shard
-from pipeline.storage import StorageOptions
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.io.shards import Shard
+from llava_batch.pipeline.io.storage import StorageOptions
+from llava_batch.pipeline.run.commit import part_name
+from llava_batch.pipeline.run.runner import JobPlan, run_job
 
 
 def plan(output, *, trial: bool) -> JobPlan:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import CaptionConfig, ConfigError
-from pipeline.model_families import check_model_loadable, inspect_model
+from llava_batch.cli.main import main
+from llava_batch.pipeline.config import CaptionConfig, ConfigError
+from llava_batch.pipeline.families import check_model_loadable, inspect_model
 from tests.support.images import write_images
 
 ROOT = Path(__file__).resolve().parents[2]

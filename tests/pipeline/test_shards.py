@@ -1,7 +1,7 @@
 """Shard ids: a --sample trial run's shards are kept apart from a full run's (their own ids, per fraction and
 seed), so a later full run does not take a sampled shard as done."""
 
-from pipeline.shards import Shard, shard_id_for, with_sample_ids
+from llava_batch.pipeline.io.shards import Shard, shard_id_for, with_sample_ids
 
 
 def shards() -> list[Shard]:

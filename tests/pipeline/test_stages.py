@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.stages import READ_CPUS, fit_cpu_shares
+from llava_batch.pipeline.run.stages import READ_CPUS, fit_cpu_shares
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.storage import StoreError, retry_io
+from llava_batch.cli.main import main
+from llava_batch.pipeline.io.storage import StoreError, retry_io
 
 ACCESS_DENIED = OSError(
     "When getting information for key 'a' in bucket 'b': AWS Error ACCESS_DENIED during HeadObject operation"

@@ -7,8 +7,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import EXIT_CLUSTER_UNREACHABLE, main
-from pipeline.submit import entrypoint_for
+from llava_batch.cli.main import EXIT_CLUSTER_UNREACHABLE, main
+from llava_batch.cli.submit import entrypoint_for
 from tests.support.images import write_images
 from tests.support.ray_head import free_port, run_ray_head
 

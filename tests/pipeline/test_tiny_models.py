@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from pipeline.prompt_formats import CHAT_TEMPLATES, FAMILY_FORMATS
-from pipeline.tiny_models import FAMILIES, METADATA_FILE, build_tiny_model
+from llava_batch.pipeline.families.prompt_formats import CHAT_TEMPLATES, FAMILY_FORMATS
+from llava_batch.pipeline.families.tiny_models import FAMILIES, METADATA_FILE, build_tiny_model
 from tests.support.images import make_image
 
 EXPECTED_CLASSES = {

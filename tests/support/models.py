@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.tiny_models import FAMILIES, build_tiny_model  # noqa: E402
+from llava_batch.pipeline.families.tiny_models import FAMILIES, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.ray_cluster import LOCAL_RAY_ENV
+from llava_batch.pipeline.run.ray_cluster import LOCAL_RAY_ENV
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pipeline.builtin_models import builtin_model_path
+from llava_batch.operators.model_source import builtin_model_path
+from llava_batch.training.oracle import exact_match, oracle_operators, pipeline_rows, predict
+from llava_batch.training.shapes import samples
 from tests.jobs.test_oracle_pipeline import SHIPPED
-from training.oracle import exact_match, oracle_operators, pipeline_rows, predict
-from training.shapes import samples
 
 SAMPLES = 64
 BATCH_TEST_SAMPLES = 32

@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from operators.visual_prompt import draw_visual_prompt, parse_visual_prompt
-from training.shapes import (
+from llava_batch.operators.visual_prompt import draw_visual_prompt, parse_visual_prompt
+from llava_batch.training.shapes import (
     COLOURS,
     FAMILIES,
     FAMILY_COLOURS,

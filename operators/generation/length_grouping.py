@@ -21,7 +21,7 @@ def plan_generate_calls(
     (rows x longest prompt) when a token budget is set. A row longer than the budget still gets a call alone.
 
     Rows with an equal, non-None `keep_together` key (the same image under several prompts) stay adjacent, so
-    they land in one call and share its image prefill (operators.prefix_sharing) unless a call boundary cuts them."""
+    they land in one call and share its image prefill (llava_batch.operators.generation.prefix_sharing) unless a call boundary cuts them."""
     keys = keep_together if keep_together is not None else [None] * len(lengths)
     first: dict[Hashable, int] = {}
     longest: dict[Hashable, int] = {}

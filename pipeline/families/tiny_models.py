@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.prompt_formats import FAMILY_FORMATS, chat_template
+from llava_batch.pipeline.families.prompt_formats import FAMILY_FORMATS, chat_template
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from operators.batch import is_missing
+from llava_batch.operators.batch import is_missing
 
 COLUMN_TYPES: dict[str, pa.DataType] = {
     # provenance and bookkeeping
@@ -44,7 +44,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "image": pa.string(),
     "conversations": pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
     "settings": pa.string(),
-    # a model replica's busy/idle seconds for one batch (JSON; operators.generate), summed by the committer
+    # a model replica's busy/idle seconds for one batch (JSON; llava_batch.operators.generation.replica), summed by the committer
     "_replica_stats": pa.string(),
 }
 

@@ -1,7 +1,7 @@
 """Run a job file on its cron schedule: sleep until the next fire time, run, log the result, repeat.
 
 Each run is incremental by construction: the output's committed shards are skipped, so a run processes only
-the input shards that arrived since the last one. The output lock (pipeline.output_lock, taken by every run)
+the input shards that arrived since the last one. The output lock (llava_batch.pipeline.run.output_lock, taken by every run)
 makes a run that would overlap the previous one stop at once instead of racing it; the scheduler logs it and
 waits for the next tick.
 """
@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from pipeline.config import ConfigError
-from pipeline.cron import next_fire_time
-from pipeline.job_files import JobFile
+from llava_batch.cli.cron import next_fire_time
+from llava_batch.cli.job_files import JobFile
+from llava_batch.pipeline.config import ConfigError
 
 logger = logging.getLogger(__name__)
 

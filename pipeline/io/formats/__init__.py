@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.config import ConfigError
-from pipeline.shards import Shard, plan_image_shards
-from pipeline.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.io.shards import Shard, plan_image_shards
+from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
 
 
 def detect_input_format(input_uri: str, options: StorageOptions) -> str:
@@ -49,17 +49,17 @@ def plan_shards(
             input_uri, options, files_per_shard, limit=limit, whole_folders=whole_folders
         )
     if kind == "webdataset":
-        from pipeline.read_webdataset import plan_webdataset_shards
+        from llava_batch.pipeline.io.formats.webdataset import plan_webdataset_shards
 
         return kind, plan_webdataset_shards(input_uri, options, limit=limit)
-    from pipeline.read_parquet import plan_parquet_shards
+    from llava_batch.pipeline.io.formats.parquet import plan_parquet_shards
 
     return kind, plan_parquet_shards(input_uri, options, limit=limit)
 
 
 def check_group_by(kind: str, group_by: str | None) -> None:
     """Which grouping each input kind supports; checked once the input's format is known, before Ray starts."""
-    from pipeline.config import GROUP_BY_FOLDER
+    from llava_batch.pipeline.config import GROUP_BY_FOLDER
 
     if group_by is None:
         return

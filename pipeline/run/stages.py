@@ -57,7 +57,7 @@ def apply_stages(dataset: Any, stages: list[Stage]) -> Any:
 
 def typed_output(fn: Callable[..., Any] | type) -> Callable[..., Any] | type:
     """Wrap an operator so that its numpy output becomes an Arrow table with the declared column types."""
-    from pipeline.columns import to_arrow
+    from llava_batch.pipeline.run.columns import to_arrow
 
     if isinstance(fn, type):
         operator_class = fn

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.columns import COLUMN_TYPES
-from pipeline.storage import (
+from llava_batch.pipeline.io.storage import (
     StorageOptions,
     delete_file,
     join_uri,
@@ -26,6 +25,7 @@ from pipeline.storage import (
     write_parquet_atomically,
     write_text,
 )
+from llava_batch.pipeline.run.columns import COLUMN_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def check_job_identity(
     taken to have had its default there, or today's value where it has none (`input`), so upgrading does not
     orphan outputs made with the defaults.
     """
-    from pipeline.config import ConfigError
+    from llava_batch.pipeline.config import ConfigError
 
     if JOB_FILE not in list_names(output_uri, options):
         write_text(join_uri(output_uri, JOB_FILE), json.dumps(fingerprint, indent=2, sort_keys=True), options)
@@ -140,7 +140,7 @@ class CommitStats:
 
 @dataclass
 class ReplicaTime:
-    """Model replicas' time summed over the batches whose results reached the driver (operators.generate)."""
+    """Model replicas' time summed over the batches whose results reached the driver (llava_batch.operators.generation.replica)."""
 
     busy_s: float = 0.0
     idle_s: float = 0.0

@@ -19,9 +19,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers import ReadSpec
-from pipeline.shards import Shard, shard_id_for
-from pipeline.storage import (
+from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.storage import (
     PATTERN_CHARACTERS,
     StorageOptions,
     filesystem_for,

@@ -66,7 +66,7 @@ class ProgressReporter:
 
 
 def summary_text(result: Any) -> str:
-    """The one-screen summary printed when a job ends (`result` is a pipeline.runner.JobResult)."""
+    """The one-screen summary printed when a job ends (`result` is a llava_batch.pipeline.run.runner.JobResult)."""
     elapsed = result.elapsed
     rate = result.rows / elapsed if elapsed > 0 else 0.0
     token_rate = result.output_tokens / elapsed if elapsed > 0 else 0.0

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.config import ConfigError
-from pipeline.job_files import load_job_file
+from llava_batch.cli.job_files import load_job_file
+from llava_batch.pipeline.config import ConfigError
 
 logger = logging.getLogger(__name__)
 

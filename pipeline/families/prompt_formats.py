@@ -133,7 +133,7 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
     ),
 }
 
-# The format each tiny test model family carries (pipeline/tiny_models.py).
+# The format each tiny test model family carries (pipeline/families/tiny_models.py).
 FAMILY_FORMATS: dict[str, str] = {
     "llava": "llava",
     "llava_next": "llava_next_mistral",
@@ -250,5 +250,5 @@ class _HasModelTypes(Protocol):
 
 
 def fallback_chat_template(model: _HasModelTypes) -> str:
-    """The fallback chat template for a checkpoint described by e.g. pipeline.model_families.ModelInfo."""
+    """The fallback chat template for a checkpoint described by e.g. llava_batch.pipeline.families.ModelInfo."""
     return chat_template(fallback_format_name(model.model_type, model.text_model_type, model.name_or_path))

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from operators.batch import object_array
-from pipeline.shards import Shard
-from pipeline.storage import StorageOptions, filesystem_for, join_uri, retry_io
+from llava_batch.operators.batch import object_array
+from llava_batch.pipeline.io.shards import Shard
+from llava_batch.pipeline.io.storage import StorageOptions, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def group_rows(shard: Shard, rows: Iterable[dict[str, Any]], spec: ReadSpec) -> 
     value of `spec.group_by` (in file order, or by `spec.order_by`). The row id is the group key, its
     `image_bytes` the members' images in order, its fields those of the first member. A member that failed makes
     the whole group an error row naming that member. Groups never span shards: folder shards hold whole
-    folders (pipeline.shards) and a Parquet shard is one file.
+    folders (llava_batch.pipeline.io.shards) and a Parquet shard is one file.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -139,12 +139,12 @@ def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> It
         yield from read_image_files(shard, options)
         return
     if shard.kind == "webdataset":
-        from pipeline.read_webdataset import read_webdataset_shard
+        from llava_batch.pipeline.io.formats.webdataset import read_webdataset_shard
 
         yield from read_webdataset_shard(shard, options, spec)
         return
     if shard.kind == "parquet":
-        from pipeline.read_parquet import read_parquet_shard
+        from llava_batch.pipeline.io.formats.parquet import read_parquet_shard
 
         yield from read_parquet_shard(shard, options, spec)
         return

@@ -1,5 +1,5 @@
 """GPU side: one model replica per actor; decodes a window of preprocessed rows, left-padded, through its slots
-(operators.continuous_batching) or in batched `model.generate` calls.
+(llava_batch.operators.generation.continuous_batching) or in batched `model.generate` calls.
 
 Reads `model_inputs` (packed arrays), optional `generation` (per-row decoding overrides) and `error`; writes
 `generated_text`, `num_output_tokens`, `finish_reason`, `model`, `error`, and `_replica_stats` (this call's busy and
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from operators.batch import column, require_columns, row_count
-from operators.continuous_batching import (
+from llava_batch.operators.batch import column, require_columns, row_count
+from llava_batch.operators.generation.continuous_batching import (
     CacheNotRearrangeable,
     ContinuousBatcher,
     DecodingSettings,
@@ -28,9 +28,8 @@ from operators.continuous_batching import (
     row_generators,
     stop_token_ids,
 )
-from operators.length_grouping import plan_generate_calls
-from operators.pixel_transport import expand_pixels, pixel_table
-from operators.prefix_sharing import (
+from llava_batch.operators.generation.length_grouping import plan_generate_calls
+from llava_batch.operators.generation.prefix_sharing import (
     SharedPrefixPlan,
     cache_argument_name,
     continuation_inputs,
@@ -38,7 +37,9 @@ from operators.prefix_sharing import (
     prefill_prefixes,
     prefix_keys,
 )
-from operators.tensor_codec import unpack_arrays
+from llava_batch.operators.model_source import resolve_model_source
+from llava_batch.operators.pixel_transport import expand_pixels, pixel_table
+from llava_batch.operators.tensor_codec import unpack_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ def load_model(
     trust_remote_code: bool = False,
     device_map: dict[str, Any] | str | None = None,
 ) -> torch.nn.Module:
-    """Load once per actor; `device_map` comes from pipeline.placement when a replica spans several GPUs."""
+    """Load once per actor; `device_map` comes from llava_batch.operators.generation.placement when a replica spans several GPUs."""
     from transformers import AutoModelForImageTextToText
 
+    model = resolve_model_source(model)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype, device_type),
@@ -83,7 +85,7 @@ def _balanced_over_visible_gpus(model: str, dtype: torch.dtype, trust_remote_cod
     """A replica owns the GPUs Ray made visible to it; spread the layers evenly, leaving 15% for activations."""
     from transformers import AutoConfig
 
-    from pipeline.placement import balanced_device_map, empty_model
+    from llava_batch.operators.generation.placement import balanced_device_map, empty_model
 
     count = torch.cuda.device_count()
     memory = int(torch.cuda.get_device_properties(0).total_memory * 0.85)
@@ -231,15 +233,15 @@ class Generate:
         """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
 
         `rows_per_call` / `max_batch_tokens` cut what one Ray batch holds into generate calls, grouped by
-        prompt length when `group_by_length` (see operators.length_grouping); None = one call per batch.
+        prompt length when `group_by_length` (see llava_batch.operators.generation.length_grouping); None = one call per batch.
 
         `share_image_prefix`: rows of a call that show the same image(s) before their own prompt text prefill
-        that prefix once (operators.prefix_sharing). Not with `compile`, whose static cache is made per call.
+        that prefix once (llava_batch.operators.generation.prefix_sharing). Not with `compile`, whose static cache is made per call.
 
         `continuous_batching`: the rows of a batch queue for `rows_per_call` decoding slots, and a row that stops
-        frees its slot for the next (operators.continuous_batching), where the decoding settings allow it; not
+        frees its slot for the next (llava_batch.operators.generation.continuous_batching), where the decoding settings allow it; not
         with `compile`, and not for calls whose rows share an image prefix (those save more by sharing it)."""
-        from operators.preprocess import load_processor
+        from llava_batch.operators.preprocess import load_processor
 
         self.model_name = model
         self.model = load_model(
@@ -403,7 +405,7 @@ class Generate:
     def generate_continuous(
         self, rows: list[dict[str, np.ndarray]], ids: list[str], settings: DecodingSettings, *, slots: int
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
-        """Every row through `slots` decoding slots (operators.continuous_batching); rows are expanded and collated
+        """Every row through `slots` decoding slots (llava_batch.operators.generation.continuous_batching); rows are expanded and collated
         on the device only when admitted."""
         batcher = ContinuousBatcher(
             self.model,
@@ -433,7 +435,7 @@ class Generate:
         **generate_kwargs: Any,
     ) -> list[tuple[str | None, int | None, str | None, str | None]]:
         """(text, num_output_tokens, finish_reason, error) per row, in order. With `prefix_keys` (from
-        operators.prefix_sharing.prefix_keys), rows sharing an image prefix prefill it once."""
+        llava_batch.operators.generation.prefix_sharing.prefix_keys), rows sharing an image prefix prefill it once."""
         plan = None
         if prefix_keys is not None and self.padding_side == "left":
             plan = plan_shared_prefixes(rows, prefix_keys, self.image_token_id)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.instruct import InstructConfig
-from pipeline.config import CaptionConfig, ConfigError, load_config, read_yaml_mapping
-from pipeline.cron import CronError, parse_cron
+from llava_batch.cli.cron import CronError, parse_cron
+from llava_batch.jobs.instruct import InstructConfig
+from llava_batch.pipeline.config import CaptionConfig, ConfigError, load_config, read_yaml_mapping
 
 # Keys of a job file that belong to the file, not to the job's config (load_config leaves them out).
 FILE_KEYS = ("job", "schedule")
@@ -25,7 +25,7 @@ FILE_KEYS = ("job", "schedule")
 @dataclass(frozen=True)
 class JobKind:
     config_class: type
-    run: str  # "module:function" taking the config and returning a pipeline.runner.JobResult
+    run: str  # "module:function" taking the config and returning a llava_batch.pipeline.run.runner.JobResult
 
     def run_function(self) -> Callable[[Any], Any]:
         module, _, name = self.run.partition(":")
@@ -33,8 +33,8 @@ class JobKind:
 
 
 JOBS: dict[str, JobKind] = {
-    "caption": JobKind(CaptionConfig, "jobs.caption:run_caption"),
-    "instruct": JobKind(InstructConfig, "jobs.instruct:run_instruct"),
+    "caption": JobKind(CaptionConfig, "llava_batch.jobs.caption:run_caption"),
+    "instruct": JobKind(InstructConfig, "llava_batch.jobs.instruct:run_instruct"),
 }
 DEFAULT_JOB = "caption"
 

@@ -18,19 +18,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit import (
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.io.shards import Shard
+from llava_batch.pipeline.io.storage import StorageOptions, join_uri, write_text
+from llava_batch.pipeline.run.commit import (
     ShardCommitter,
     check_job_identity,
     committed_shard_ids,
     remove_parts,
     remove_temporary_files,
 )
-from pipeline.config import ConfigError
-from pipeline.output_lock import OutputLock
-from pipeline.progress import ProgressReporter, summary_text
-from pipeline.shards import Shard
-from pipeline.stages import Stage, apply_stages
-from pipeline.storage import StorageOptions, join_uri, write_text
+from llava_batch.pipeline.run.output_lock import OutputLock
+from llava_batch.pipeline.run.progress import ProgressReporter, summary_text
+from llava_batch.pipeline.run.stages import Stage, apply_stages
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class JobPlan:
     shards: list[Shard]
     stages: list[Stage]
     fingerprint: dict[str, Any]
-    # Values a setting missing from an older `_job.json` is taken to have had (pipeline.config.fingerprint_defaults).
+    # Values a setting missing from an older `_job.json` is taken to have had (llava_batch.pipeline.config.fingerprint_defaults).
     fingerprint_defaults: dict[str, Any] = field(default_factory=dict)
     # Output rows per input; None when the job learns it while running (instruct: one row per parsed question).
     rows_per_input: int | None = 1
@@ -55,7 +55,7 @@ class JobPlan:
     # A --limit/--sample trial: it may replace an earlier trial's parts, never another run's (see _run_job_locked).
     trial: bool = False
     manifest_extra: dict[str, Any] = field(default_factory=dict)
-    # Gathered rows of a shard -> its output table (default: the caption columns, pipeline.commit).
+    # Gathered rows of a shard -> its output table (default: the caption columns, llava_batch.pipeline.run.commit).
     output_table: Callable[[pa.Table], pa.Table] | None = None
 
 
@@ -70,7 +70,7 @@ class JobResult:
     skipped_rows: int | None
     elapsed: float
     output_tokens: int
-    # Model replicas' busy and idle seconds (pipeline.commit.ReplicaTime.to_dict); empty when none ran.
+    # Model replicas' busy and idle seconds (llava_batch.pipeline.run.commit.ReplicaTime.to_dict); empty when none ran.
     replica_time: dict[str, Any] = field(default_factory=dict)
     # The signal's name when the run was stopped (SIGINT, SIGTERM) before it finished; the counts are so far.
     interrupted_by: str | None = None

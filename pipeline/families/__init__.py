@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.config import ConfigError
+from llava_batch.operators.model_source import resolve_model_source
+from llava_batch.pipeline.config import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "vipllava")
 FAMILIES = ("llava", "llava_next", "vipllava", "llava_interleave")
@@ -43,6 +44,10 @@ def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> Mode
     """Load only the config (a few KB) and name the family; fails fast with the fix in the message."""
     from transformers import AutoConfig
 
+    try:  # `builtin:<family>`: the checkpoint shipped in the package; ModelInfo then holds its folder
+        name_or_path = resolve_model_source(name_or_path)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"model: {error}") from None
     local = Path(name_or_path).expanduser()
     looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local and not (local / "config.json").is_file():
@@ -137,7 +142,7 @@ def _model_folder(name_or_path: str) -> Path | None:
 def check_model_loadable(model: ModelInfo, *, trust_remote_code: bool = False) -> None:
     """Fail before any data is read when the replicas could not load the model: the processor must load and the
     weight files must be there with readable headers (only the headers are read, not the weights)."""
-    from operators.preprocess import load_processor
+    from llava_batch.operators.preprocess import load_processor
 
     try:
         load_processor(model.name_or_path, trust_remote_code=trust_remote_code)

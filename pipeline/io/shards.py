@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass, replace
 from itertools import groupby
 
-from pipeline.storage import IMAGE_EXTENSIONS, StorageOptions, list_files
+from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions, list_files
 
 INPUT_KINDS = ("images", "webdataset", "parquet")
 

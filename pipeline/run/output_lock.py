@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipeline.storage import StorageOptions, delete_object, filesystem_for, join_uri, retry_io
+from llava_batch.pipeline.io.storage import StorageOptions, delete_object, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 

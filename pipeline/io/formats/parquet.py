@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.read_webdataset import plan_limited, resolve_input_files
-from pipeline.readers import ReadSpec
-from pipeline.shards import Shard
-from pipeline.storage import StorageOptions, filesystem_for, join_uri, retry_io
+from llava_batch.pipeline.io.formats.webdataset import plan_limited, resolve_input_files
+from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.shards import Shard
+from llava_batch.pipeline.io.storage import StorageOptions, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import CaptionConfig, ConfigError, field_types, load_config
-from pipeline.output_lock import OutputLocked
-from pipeline.runner import Interrupted, JobInterrupted
-from pipeline.storage import StoreError
-from pipeline.submit import ClusterUnreachable
+from llava_batch.cli.submit import ClusterUnreachable
+from llava_batch.pipeline.config import CaptionConfig, ConfigError, field_types, load_config
+from llava_batch.pipeline.io.storage import StoreError
+from llava_batch.pipeline.run.output_lock import OutputLocked
+from llava_batch.pipeline.run.runner import Interrupted, JobInterrupted
 
 logger = logging.getLogger("llava_batch")
 
@@ -84,7 +84,7 @@ FIELD_HELP = {
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One flag per settable field. Values stay strings here: pipeline.config.load_config converts them with the
+    """One flag per settable field. Values stay strings here: llava_batch.pipeline.config.load_config converts them with the
     same rules as YAML values, so a bad one is a one-line error naming the field, not an argparse usage dump."""
     parser.add_argument("--config", help="YAML file with any of the settings below; flags override it")
     types_by_name = field_types(config_class)
@@ -117,9 +117,9 @@ def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, 
 
 
 def run_job(job: str, config: Any) -> int:
-    """Run one job (a name in pipeline.job_files.JOBS) in this process; Ray is shut down whatever happens."""
-    from pipeline.job_files import JOBS
-    from pipeline.ray_cluster import shutdown
+    """Run one job (a name in llava_batch.cli.job_files.JOBS) in this process; Ray is shut down whatever happens."""
+    from llava_batch.cli.job_files import JOBS
+    from llava_batch.pipeline.run.ray_cluster import shutdown
 
     try:
         result = JOBS[job].run_function()(config)
@@ -130,7 +130,7 @@ def run_job(job: str, config: Any) -> int:
 
 def job_command(job: str) -> Callable[[argparse.Namespace], int]:
     """The handler of `llava-batch JOB`: the config from --config and the flags, then the run."""
-    from pipeline.job_files import JOBS
+    from llava_batch.cli.job_files import JOBS
 
     def handler(args: argparse.Namespace) -> int:
         config_class = JOBS[job].config_class
@@ -154,7 +154,7 @@ def report_result(result: Any, max_error_rate: float) -> int:
 
 
 def run_make_tiny_model(args: argparse.Namespace) -> int:
-    from pipeline.tiny_models import build_tiny_model
+    from llava_batch.pipeline.families.tiny_models import build_tiny_model
 
     path = build_tiny_model(args.family, args.out, seed=args.seed)
     print(f"tiny {args.family} model written to {path}")
@@ -162,15 +162,15 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def run_job_file(path: str) -> int:
-    """Run a job file (any job in pipeline.job_files.JOBS, from its `job:` key) once, in this process."""
-    from pipeline.job_files import load_job_file
+    """Run a job file (any job in llava_batch.cli.job_files.JOBS, from its `job:` key) once, in this process."""
+    from llava_batch.cli.job_files import load_job_file
 
     job_file = load_job_file(path)
     return run_job(job_file.job, job_file.config)
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    from pipeline.submit import submit
+    from llava_batch.cli.submit import submit
 
     job_id = submit(args.config, args.address, ship_code=args.ship_code)
     print(job_id)
@@ -199,7 +199,7 @@ def check_job_id(job_id: str) -> None:
 
 
 def run_status_command(args: argparse.Namespace) -> int:
-    from pipeline.submit import job_status, wait_for_job
+    from llava_batch.cli.submit import job_status, wait_for_job
 
     check_job_id(args.job_id)
     if args.wait:
@@ -212,7 +212,7 @@ def run_status_command(args: argparse.Namespace) -> int:
 
 
 def run_logs_command(args: argparse.Namespace) -> int:
-    from pipeline.submit import job_logs
+    from llava_batch.cli.submit import job_logs
 
     check_job_id(args.job_id)
     sys.stdout.write(job_logs(args.job_id, args.address))
@@ -220,8 +220,8 @@ def run_logs_command(args: argparse.Namespace) -> int:
 
 
 def run_schedule_command(args: argparse.Namespace) -> int:
-    from pipeline.job_files import load_job_file
-    from pipeline.schedule import run_schedule
+    from llava_batch.cli.job_files import load_job_file
+    from llava_batch.cli.schedule import run_schedule
 
     load_job_file(args.config)  # a broken file fails now, not at the first tick hours later
     if args.max_runs is not None and args.max_runs < 1:
@@ -252,7 +252,7 @@ def run_schedule_command(args: argparse.Namespace) -> int:
 
 
 def submit_and_wait(config: str, address: str, *, ship_code: bool) -> int:
-    from pipeline.submit import submit, wait_for_job
+    from llava_batch.cli.submit import submit, wait_for_job
 
     job_id = submit(config, address, ship_code=ship_code)
     status = wait_for_job(job_id, address, poll_s=2.0)
@@ -308,7 +308,7 @@ def add_cluster_commands(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.tiny_models import FAMILIES
+    from llava_batch.pipeline.families.tiny_models import FAMILIES
 
     parser = argparse.ArgumentParser(
         prog="llava-batch", description="Batch inference for LLaVA-family models on Ray"
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(caption, CaptionConfig)
     caption.set_defaults(handler=job_command("caption"))
 
-    from jobs.instruct import InstructConfig
+    from llava_batch.jobs.instruct import InstructConfig
 
     instruct = commands.add_parser(
         "instruct", help="make LLaVA-style instruction data: the model asks questions per image, then answers"
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return fail(error, EXIT_INVALID_SETTINGS)
     except yaml.YAMLError as error:
-        # A YAML file read somewhere other than pipeline.config (which names the file) is still a settings error.
+        # A YAML file read somewhere other than llava_batch.pipeline.config (which names the file) is still a settings error.
         return fail(f"config: not valid YAML ({error})", EXIT_INVALID_SETTINGS)
     except (FileNotFoundError, NotADirectoryError) as error:
         return fail(error, EXIT_INVALID_SETTINGS)
