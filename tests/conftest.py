@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.seaweedfs import S3Endpoint, run_seaweedfs
+from tests.support.shared_ray import SharedRay
 
 # Tiny random-weight models of every family, built once per session (tests/support/models.py).
 pytest_plugins = ["tests.support.models"]
@@ -46,3 +47,28 @@ def s3_bucket(seaweedfs: S3Endpoint, request: pytest.FixtureRequest) -> Iterator
     seaweedfs.start()
     with contextlib.suppress(FileNotFoundError):  # the test may have removed it itself
         seaweedfs.fs().rm(name, recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray: one local Ray shared by the in-process job tests (tests/support/shared_ray.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_ray_session(seaweedfs: S3Endpoint) -> Iterator[SharedRay]:
+    shared = SharedRay(seaweedfs.env())
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def shared_ray(shared_ray_session: SharedRay) -> SharedRay:
+    """Jobs run in this test join the shared Ray instead of starting their own."""
+    shared_ray_session.ensure()
+    return shared_ray_session
+
+
+@pytest.fixture
+def own_ray(shared_ray_session: SharedRay) -> None:
+    """For tests of starting and stopping Ray itself: no shared Ray is running while they run."""
+    shared_ray_session.stop()

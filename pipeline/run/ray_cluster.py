@@ -24,6 +24,10 @@ LOCAL_RAY_ENV = {
 
 # Session folders of the local Rays this process started, removed again on shutdown.
 _local_temp_dirs: list[str] = []
+# Whether connect() started or joined the Ray this process is attached to. A Ray that was already initialized when
+# connect() ran (a notebook's, a test session's shared one, a caller's own Ray Data pipeline) is theirs: shutdown()
+# leaves it running.
+_owned = False
 
 
 @dataclass(frozen=True)
@@ -46,31 +50,43 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
     on_sigterm = (
         signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     )
+    global _owned
     if ray.is_initialized():
-        pass
+        logger.info("using the Ray this process is already attached to")
     elif address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
+        _owned = True
     else:
-        _keep_node_ip_on_loopback()
-        temp_dir = tempfile.mkdtemp(prefix="llava-batch-ray-")
-        _local_temp_dirs.append(temp_dir)
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=True,
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
-        logger.info("started a local Ray (logs in %s)", temp_dir)
+        start_local_ray(num_cpus)
+        _owned = True
     if callable(on_sigterm):
         signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
     return ClusterResources(
         cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), local=not address
     )
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A private Ray on this machine: loopback only, its files in a temporary folder (removed by shutdown)."""
+    import ray
+
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    _keep_node_ip_on_loopback()
+    temp_dir = tempfile.mkdtemp(prefix="llava-batch-ray-")
+    _local_temp_dirs.append(temp_dir)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    logger.info("started a local Ray (logs in %s)", temp_dir)
 
 
 def _keep_node_ip_on_loopback() -> None:
@@ -96,11 +112,18 @@ def configure_ray_data(show_ray_progress: bool = False) -> None:
     context.execution_options.preserve_order = False
 
 
-def shutdown() -> None:
-    """Stop Ray if this process started or joined it; a local Ray's session files are removed."""
+def shutdown(*, force: bool = False) -> None:
+    """Stop the Ray that connect() started or joined (any Ray with `force`); a local Ray's files are removed.
+
+    A Ray that was running before connect() was called belongs to the caller and keeps running.
+    """
     import ray
 
-    if ray.is_initialized():
+    global _owned
+    if (_owned or force) and ray.is_initialized():
         ray.shutdown()
+    _owned = False
+    if ray.is_initialized():
+        return
     while _local_temp_dirs:
         shutil.rmtree(_local_temp_dirs.pop(), ignore_errors=True)

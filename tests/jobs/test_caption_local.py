@@ -152,7 +152,7 @@ def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
         ),
     ],
 )
-def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, changes, message):
+def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, changes, message, own_ray):
     import ray
 
     folder = tmp_path / "in"

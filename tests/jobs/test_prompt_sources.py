@@ -127,7 +127,7 @@ def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
         ),
     ],
 )
-def test_a_second_prompt_source_fails_before_ray_starts(tmp_path, capsys, flags, line):
+def test_a_second_prompt_source_fails_before_ray_starts(tmp_path, capsys, flags, line, own_ray):
     import ray
 
     argv = ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]

@@ -81,7 +81,7 @@ BASE_FLAGS = ["--input", "/data/images", "--output", "/data/captions", "--model"
         (["--limit", "ten"], "limit: 'ten' is not a number"),
     ],
 )
-def test_bad_numbers_fail_before_ray_with_one_line(flags, message, capsys):
+def test_bad_numbers_fail_before_ray_with_one_line(flags, message, capsys, own_ray):
     assert main(["caption", *BASE_FLAGS, *flags]) == EXIT_INVALID_SETTINGS
     assert one_error_line(capsys) == f"llava-batch: error: {message}"
     assert not ray.is_initialized()

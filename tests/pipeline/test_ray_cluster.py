@@ -33,7 +33,7 @@ def ray_process_ids() -> set[int]:
     return found
 
 
-def test_local_ray_listens_on_loopback_only(monkeypatch):
+def test_local_ray_listens_on_loopback_only(monkeypatch, own_ray):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     resources = connect(None, num_cpus=2)
     try:
