@@ -37,8 +37,7 @@ def write_images(folder: Path, rows: int) -> None:
 
 def child(rows: int, work: Path) -> dict:
     """Runs in its own process: the job, then this process's peak RSS."""
-    from llava_batch.jobs.caption import run_caption
-    from llava_batch.pipeline.config import CaptionConfig
+    from llava_batch.jobs.caption import CaptionConfig, run_caption
     from llava_batch.pipeline.families.tiny_models import build_tiny_model
     from llava_batch.pipeline.run.ray_cluster import shutdown
 

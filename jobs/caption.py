@@ -6,18 +6,24 @@ Recipe: read image shards -> attach the prompt -> preprocess on CPU actors -> ge
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from llava_batch.jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica, set_up_job
 from llava_batch.operators.prompts import expand_prompts
-from llava_batch.pipeline.config import CaptionConfig, fingerprint_defaults, job_fingerprint
+from llava_batch.pipeline.config import JobConfig, fingerprint_defaults, job_fingerprint
 from llava_batch.pipeline.families import ModelInfo
 from llava_batch.pipeline.io.storage import StorageOptions
-from llava_batch.pipeline.prompt_sets import PromptSpec
+from llava_batch.pipeline.prompt_sets import PromptSettings
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.runner import JobPlan, JobResult, run_job
 from llava_batch.pipeline.run.stages import Stage, fit_cpu_shares
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionConfig(JobConfig, PromptSettings):
+    """Everything `llava-batch caption` needs: the shared job settings plus where each row's prompt comes from."""
 
 
 def caption_stages(
@@ -33,12 +39,7 @@ def caption_stages(
             "prompt",
             expand_prompts,
             num_cpus=shares.read,
-            fn_kwargs={
-                "prompts": [prompt.to_dict() for prompt in prompt_specs(config)],
-                "prompt_column": config.prompt_column,
-                "conversation_column": config.conversation_column,
-                "raw_prompt_column": config.raw_prompt_column,
-            },
+            fn_kwargs=config.prompt_stage_kwargs(),
         ),
         *model_call_stages(
             config,
@@ -49,11 +50,6 @@ def caption_stages(
             visual_prompt_field=config.visual_prompt_column,
         ),
     ]
-
-
-def prompt_specs(config: CaptionConfig) -> list[PromptSpec]:
-    """The prompt set, or the one `--prompt` (a template when it names `{fields}`)."""
-    return config.prompt_set or [PromptSpec("p0", config.prompt)]
 
 
 def fingerprint(config: CaptionConfig, model: ModelInfo) -> dict:
@@ -78,10 +74,10 @@ def run_caption(config: CaptionConfig) -> JobResult:
         fingerprint=fingerprint(config, setup.model),
         fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
-        trial=config.limit is not None or config.sample is not None,
+        trial=config.is_trial,
         # A group of images is one row, and --sample keeps a share of the files: either way the files listed do not
         # tell how many rows a shard has.
-        rows_per_input=None if config.group_by or config.sample is not None else len(prompt_specs(config)),
+        rows_per_input=None if config.group_by or config.sample is not None else len(config.prompt_specs()),
         manifest_extra=setup.manifest_extra(config),
     )
     return run_job(plan)

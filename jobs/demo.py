@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from llava_batch.jobs.caption import run_caption
-from llava_batch.pipeline.config import CaptionConfig
+from llava_batch.jobs.caption import CaptionConfig, run_caption
 from llava_batch.pipeline.run.ray_cluster import shutdown
 from llava_batch.training.shapes import samples
 

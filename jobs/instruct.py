@@ -22,6 +22,7 @@ from llava_batch.pipeline.config import (
     check_template,
     fingerprint_defaults,
     job_fingerprint,
+    setting,
 )
 from llava_batch.pipeline.run.stages import Stage
 
@@ -61,12 +62,21 @@ class InstructConfig(JobConfig):
     # The JSON export is written from the rows after the run; it does not change them.
     run_only_settings: ClassVar[frozenset[str]] = JobConfig.run_only_settings | {"export_json"}
 
-    instruction: str = DEFAULT_INSTRUCTION
-    questions: int = 3
-    turns: int = 1
-    follow_up: str = DEFAULT_FOLLOW_UP
-    question_max_new_tokens: int = 128
-    export_json: str | None = None
+    instruction: str = setting(
+        DEFAULT_INSTRUCTION,
+        "stage 1: what the model is asked per image; {questions} = the count, {field}s from the row",
+    )
+    questions: int = setting(3, "most questions kept per image (one output row per question)")
+    turns: int = setting(
+        1, "turns per conversation; later turns ask the image's other questions, then --follow-up"
+    )
+    follow_up: str = setting(
+        DEFAULT_FOLLOW_UP, "user text of later turns once the image's own questions are used up"
+    )
+    question_max_new_tokens: int = setting(128, "most tokens of the stage-1 reply that lists the questions")
+    export_json: str | None = setting(
+        None, "after the run, also write the LLaVA training JSON file here (error rows left out)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,7 +250,7 @@ def run_instruct(config: InstructConfig) -> JobResult:
         fingerprint=fingerprint(config, setup.model),
         fingerprint_defaults=fingerprint_defaults(type(config)),
         overwrite=config.overwrite,
-        trial=config.limit is not None or config.sample is not None,
+        trial=config.is_trial,
         rows_per_input=None,  # one row per parsed question: known per image only after the model wrote them
         output_table=functools.partial(instruct_output_table, keep_columns=config.keep_columns),
         manifest_extra=setup.manifest_extra(config),

@@ -119,91 +119,159 @@ class GenerationSettings:
         return kwargs
 
 
-@dataclass
-class JobConfig:
-    """The settings every job shares (input, model, decoding, resources, output); a job's config extends it.
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text: the CLI's flags and help, the docs' table and the fingerprint all read
+    the fields, so a new setting is one line here."""
+    return field(default=default, metadata={"help": help})
 
+
+def post_init_next(instance: Any, cls: type) -> None:
+    """Run the next `__post_init__` in the MRO: settings classes combine (a job's config, the API's processor)."""
+    following = getattr(super(cls, instance), "__post_init__", None)
+    if following is not None:
+        following()
+
+
+@dataclass
+class ModelSettings:
+    """What a call of the model needs: the checkpoint, decoding, batching and the replicas' resources.
+
+    The Python API's processor takes exactly these plus its prompt source; a job's config adds input and output.
     Field names match the CLI flags (dashes become underscores).
     """
 
-    job_name: ClassVar[str] = "caption"
-    # A job adds its own fields that cannot change a row (e.g. instruct's export_json) to this set.
-    run_only_settings: ClassVar[frozenset[str]] = RUN_ONLY_SETTINGS
-
-    input: str = ""
-    output: str = ""
-    model: str = ""
-    input_format: str = "auto"
-    image_column: str | None = None
-    id_column: str | None = None
-    keep_columns: tuple[str, ...] = ()
-    limit: int | None = None
-    sample: float | None = None
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 8
-    batch_tokens: int | None = None
-    length_window: int = 4
-    replicas: ReplicaRange | str = "1"
-    gpus_per_replica: int | None = None
-    preprocess_workers: int = 1
-    files_per_shard: int = 256
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
-    compile: bool = False
-    share_image_prefix: bool = True
-    continuous_batching: bool = True
-    max_image_pixels: int = 64_000_000
-    max_error_rate: float = 0.1
-    s3_endpoint_url: str | None = None
-    address: str | None = None
-    overwrite: bool = False
-    trust_remote_code: bool = False
-    group_by: str | None = None
-    order_by: str | None = None
+    model: str = setting("", "hub id or local directory of a LLaVA-family checkpoint")
+    max_new_tokens: int = setting(64, "most tokens to generate per row")
+    temperature: float = setting(0.0, "0 = greedy (default); > 0 samples")
+    top_p: float = setting(1.0, "nucleus sampling mass when temperature > 0")
+    seed: int = setting(
+        0, "seed for sampling (per row, with the row id; per batch where model.generate runs)"
+    )
+    batch_size: int = setting(8, "most rows decoded at once on each replica (its decoding slots)")
+    batch_tokens: int | None = setting(
+        None, "also cap each generate() call at this many padded prompt tokens (rows x longest prompt)"
+    )
+    length_window: int = setting(
+        4, "batches a replica takes at once and regroups by prompt length (1 = no grouping)"
+    )
+    replicas: ReplicaRange | str = setting("1", "model replicas: N, or MIN:MAX to autoscale")
+    gpus_per_replica: int | None = setting(
+        None, "GPUs per replica (0 = CPU; >1 shards the model with accelerate); default: 1 if GPUs exist"
+    )
+    preprocess_workers: int = setting(1, "most CPU actors decoding and preprocessing images")
+    dtype: str = setting("auto", "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU")
+    attn_implementation: str = setting(
+        "sdpa", "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)"
+    )
+    compile: bool = setting(
+        False,
+        "static KV cache + torch.compile of the decoding step (GPU or CPU; compiles once per batch shape, pays off on long GPU runs)",
+    )
+    share_image_prefix: bool = setting(
+        True,
+        "rows showing the same image(s) under several prompts prefill the image once (not with --compile)",
+    )
+    continuous_batching: bool = setting(
+        True, "a row that stops frees its decoding slot for the next waiting row (not with --compile)"
+    )
+    max_image_pixels: int = setting(
+        64_000_000, "images with more pixels become error rows (decompression-bomb guard)"
+    )
+    trust_remote_code: bool = setting(
+        False, "allow the checkpoint's own Python code to run (off unless you turn it on)"
+    )
     generation: GenerationSettings = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in REQUIRED_SETTINGS:
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(
-                    f"{name}: required (got {value!r}); pass --{name} or set it in the YAML config"
-                )
-        _check_choice("input_format", self.input_format, INPUT_FORMATS)
-        self.keep_columns = _as_names("keep_columns", self.keep_columns)
-        if self.limit is not None:
-            _check_range("limit", self.limit, 1, 2**62)
-        if self.sample is not None:
-            _check_range("sample", self.sample, 0.0, 1.0, low_inclusive=False)
+        _check_required("model", self.model)
         self.replicas = ReplicaRange.parse(self.replicas)
         _check_range("batch_size", self.batch_size, 1, 4096)
         if self.batch_tokens is not None:
             _check_range("batch_tokens", self.batch_tokens, 1, 2**31)
         _check_range("length_window", self.length_window, 1, 64)
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
-        _check_range("files_per_shard", self.files_per_shard, 1, 1_000_000)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
-        _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         if self.gpus_per_replica is not None:
             _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_attention_installed(self.attn_implementation)
-        _check_type("compile", self.compile, bool)
-        _check_type("share_image_prefix", self.share_image_prefix, bool)
-        _check_type("continuous_batching", self.continuous_batching, bool)
-        _check_type("overwrite", self.overwrite, bool)
-        _check_type("trust_remote_code", self.trust_remote_code, bool)
+        for name in ("compile", "share_image_prefix", "continuous_batching", "trust_remote_code"):
+            _check_type(name, getattr(self, name), bool)
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        post_init_next(self, ModelSettings)
+
+
+@dataclass
+class JobConfig(ModelSettings):
+    """The settings every job shares: the model call's (ModelSettings), plus input, output and how the job runs.
+
+    A job's config extends it with its own fields.
+    """
+
+    job_name: ClassVar[str] = "caption"
+    # A job adds its own fields that cannot change a row (e.g. instruct's export_json) to this set.
+    run_only_settings: ClassVar[frozenset[str]] = RUN_ONLY_SETTINGS
+
+    input: str = setting(
+        "",
+        "what to process: image folders (a folder or prefix of image files, subfolders too), WebDataset .tar shards or Parquet tables; a local path, file://, s3://bucket/prefix/ or any fsspec URL",
+    )
+    output: str = setting(
+        "", "where Parquet results go (local folder, s3://, ...); must not be inside the input"
+    )
+    input_format: str = setting("auto", "auto (look at the input), images, webdataset or parquet")
+    image_column: str | None = setting(
+        None, "Parquet: column with image bytes, {bytes, path} structs, paths/URIs, or lists of them"
+    )
+    id_column: str | None = setting(
+        None, "Parquet: column with a stable row id (default: file path + row number)"
+    )
+    keep_columns: tuple[str, ...] = setting((), "comma-separated input fields to carry to the output")
+    limit: int | None = setting(None, "process only the first N inputs (trial runs)")
+    sample: float | None = setting(None, "process a seeded random fraction of the inputs (0 < FRACTION <= 1)")
+    files_per_shard: int = setting(256, "input files per shard, the unit of commit and resume")
+    max_error_rate: float = setting(
+        0.1, "exit with code 3 (after writing everything) when a larger share of rows has errors"
+    )
+    s3_endpoint_url: str | None = setting(
+        None, "S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)"
+    )
+    address: str | None = setting(
+        None, "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)"
+    )
+    overwrite: bool = setting(False, "delete previous results in the output and start over")
+    group_by: str | None = setting(
+        None, "one row per group of images: 'folder' (image folders) or a Parquet column (equal values)"
+    )
+    order_by: str | None = setting(
+        None, "Parquet with --group-by: order a group's images by this column (default: file order)"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output"):
+            _check_required(name, getattr(self, name))
+        _check_choice("input_format", self.input_format, INPUT_FORMATS)
+        self.keep_columns = _as_names("keep_columns", self.keep_columns)
+        if self.limit is not None:
+            _check_range("limit", self.limit, 1, 2**62)
+        if self.sample is not None:
+            _check_range("sample", self.sample, 0.0, 1.0, low_inclusive=False)
+        _check_range("files_per_shard", self.files_per_shard, 1, 1_000_000)
+        _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
+        _check_type("overwrite", self.overwrite, bool)
         check_grouping(self.group_by, self.order_by)
         if _same_or_nested(self.input, self.output):
             raise ConfigError(
                 f"output: {self.output!r} is inside (or equal to) input {self.input!r}; results would be read "
                 "back as inputs on the next run. Choose an output location outside the input."
             )
+        super().__post_init__()
+
+    @property
+    def is_trial(self) -> bool:
+        """A --limit/--sample run: part of the input, to try settings before the full run."""
+        return self.limit is not None or self.sample is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-friendly view for the manifest, with credentials in URLs redacted."""
@@ -243,42 +311,6 @@ def fingerprint_defaults(config_class: type) -> dict[str, Any]:
 
 def _json_plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-@dataclass
-class CaptionConfig(JobConfig):
-    """Everything `llava-batch caption` needs: the shared job settings plus where each row's prompt comes from."""
-
-    prompt: str = "Describe this image."
-    prompts_file: str | None = None
-    prompt_column: str | None = None
-    conversation_column: str | None = None
-    raw_prompt_column: str | None = None
-    visual_prompt_column: str | None = None
-    prompt_set: list = field(init=False, repr=False, default_factory=list)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
-        check_template("prompt", self.prompt)
-        if self.raw_prompt_column is not None and (
-            not isinstance(self.raw_prompt_column, str) or not self.raw_prompt_column.strip()
-        ):
-            raise ConfigError(f"raw_prompt_column: {self.raw_prompt_column!r} must name an input column")
-        sources = [
-            name
-            for name in ("prompts_file", "prompt_column", "conversation_column", "raw_prompt_column")
-            if getattr(self, name)
-        ]
-        if len(sources) > 1:
-            raise ConfigError(
-                f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
-            )
-        if self.prompts_file is not None:
-            from llava_batch.pipeline.prompt_sets import load_prompts_file
-
-            self.prompt_set = load_prompts_file(self.prompts_file)
 
 
 GROUP_BY_FOLDER = "folder"
@@ -469,6 +501,13 @@ def check_template(name: str, text: str) -> None:
         raise ConfigError(
             f"{name}: {text!r} is not a valid template ({error}); write literal braces as {{{{ and }}}}"
         ) from None
+
+
+def _check_required(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{name}: required (got {value!r}); pass --{name.replace('_', '-')} or set it in the YAML config"
+        )
 
 
 def _check_type(name: str, value: Any, expected: type) -> None:

@@ -14,9 +14,17 @@ from typing import Any
 
 import yaml
 
-from llava_batch.pipeline.config import ConfigError, GenerationSettings
+from llava_batch.pipeline.config import (
+    ConfigError,
+    GenerationSettings,
+    check_template,
+    post_init_next,
+    setting,
+)
 
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p")
+# The per-row prompt sources; at most one may be set (else every row gets `prompt`, or the prompts file's set).
+PROMPT_SOURCES = ("prompts_file", "prompt_column", "conversation_column", "raw_prompt_column")
 PROMPT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -28,6 +36,63 @@ class PromptSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt_id": self.prompt_id, "text": self.text, "generation": dict(self.generation)}
+
+
+@dataclass
+class PromptSettings:
+    """Where each row's prompt comes from: one `prompt` (a template over row fields), a prompts file (several
+    prompts per input), or a column holding a user text, a conversation, or a fully rendered prompt.
+
+    Shared by the caption job and the Python API's processor (llava_batch.api)."""
+
+    prompt: str = setting(
+        "Describe this image.",
+        "the user text sent with every image; {field} placeholders are filled from the row",
+    )
+    prompts_file: str | None = setting(
+        None, "YAML/JSON/TXT list of prompts: one output row per input and prompt"
+    )
+    prompt_column: str | None = setting(None, "take each row's prompt from this input field")
+    conversation_column: str | None = setting(
+        None, "take each row's whole conversation (apply_chat_template messages) from this field"
+    )
+    raw_prompt_column: str | None = setting(
+        None, "take each row's fully rendered prompt from this field, sent verbatim (no chat template)"
+    )
+    visual_prompt_column: str | None = setting(
+        None, "field with a VipLLaVA visual prompt annotation to draw on the image"
+    )
+    prompt_set: list = field(init=False, repr=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ConfigError(f"prompt: must be a non-empty string (got {self.prompt!r})")
+        check_template("prompt", self.prompt)
+        for name in (*PROMPT_SOURCES[1:], "visual_prompt_column"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name}: {value!r} must name an input column")
+        sources = [name for name in PROMPT_SOURCES if getattr(self, name)]
+        if len(sources) > 1:
+            raise ConfigError(
+                f"{sources[1]}: cannot be combined with {sources[0]}; choose one source of prompts"
+            )
+        if self.prompts_file is not None:
+            self.prompt_set = load_prompts_file(self.prompts_file)
+        post_init_next(self, PromptSettings)
+
+    def prompt_specs(self) -> list[PromptSpec]:
+        """The prompt set, or the one `prompt` (a template when it names `{fields}`)."""
+        return self.prompt_set or [PromptSpec("p0", self.prompt)]
+
+    def prompt_stage_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of operators.prompts.expand_prompts."""
+        return {
+            "prompts": [spec.to_dict() for spec in self.prompt_specs()],
+            "prompt_column": self.prompt_column,
+            "conversation_column": self.conversation_column,
+            "raw_prompt_column": self.raw_prompt_column,
+        }
 
 
 def load_prompts_file(path: str) -> list[PromptSpec]:

@@ -55,16 +55,16 @@ def s3_bucket(seaweedfs: S3Endpoint, request: pytest.FixtureRequest) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def shared_ray_session(seaweedfs: S3Endpoint) -> Iterator[SharedRay]:
-    shared = SharedRay(seaweedfs.env())
+def shared_ray_session() -> Iterator[SharedRay]:
+    shared = SharedRay()
     yield shared
     shared.stop()
 
 
 @pytest.fixture
-def shared_ray(shared_ray_session: SharedRay) -> SharedRay:
-    """Jobs run in this test join the shared Ray instead of starting their own."""
-    shared_ray_session.ensure()
+def shared_ray(shared_ray_session: SharedRay, seaweedfs: S3Endpoint) -> SharedRay:
+    """Jobs run in this test join the shared Ray instead of starting their own; its workers reach SeaweedFS."""
+    shared_ray_session.ensure(seaweedfs.env())
     return shared_ray_session
 
 

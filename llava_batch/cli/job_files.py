@@ -7,36 +7,17 @@ The run functions are named as strings and imported only when a run starts (they
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llava_batch.cli.cron import CronError, parse_cron
-from llava_batch.jobs.instruct import InstructConfig
-from llava_batch.pipeline.config import CaptionConfig, ConfigError, load_config, read_yaml_mapping
+from llava_batch.jobs import DEFAULT_JOB, JOBS
+from llava_batch.pipeline.config import ConfigError, load_config, read_yaml_mapping
 
 # Keys of a job file that belong to the file, not to the job's config (load_config leaves them out).
 FILE_KEYS = ("job", "schedule")
-
-
-@dataclass(frozen=True)
-class JobKind:
-    config_class: type
-    run: str  # "module:function" taking the config and returning a llava_batch.pipeline.run.runner.JobResult
-
-    def run_function(self) -> Callable[[Any], Any]:
-        module, _, name = self.run.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-
-JOBS: dict[str, JobKind] = {
-    "caption": JobKind(CaptionConfig, "llava_batch.jobs.caption:run_caption"),
-    "instruct": JobKind(InstructConfig, "llava_batch.jobs.instruct:run_instruct"),
-}
-DEFAULT_JOB = "caption"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from llava_batch.cli.submit import ClusterUnreachable
-from llava_batch.pipeline.config import CaptionConfig, ConfigError, field_types, load_config
+from llava_batch.pipeline.config import ConfigError, field_types, load_config
 from llava_batch.pipeline.io.storage import StoreError
 from llava_batch.pipeline.run.output_lock import OutputLocked
 from llava_batch.pipeline.run.runner import Interrupted, JobInterrupted
@@ -30,57 +30,6 @@ EXIT_INVALID_SETTINGS = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_OUTPUT_LOCKED = 4  # another run of the job holds the output's lock
 EXIT_CLUSTER_UNREACHABLE = 5
-
-FIELD_HELP = {
-    "input": "what to process: image folders (a folder or prefix of image files, subfolders too), WebDataset .tar "
-    "shards or Parquet tables; a local path, file://, s3://bucket/prefix/ or any fsspec URL",
-    "output": "where Parquet results go (local folder, s3://, ...); must not be inside the input",
-    "model": "hub id or local directory of a LLaVA-family checkpoint",
-    "input_format": "auto (look at the input), images, webdataset or parquet",
-    "image_column": "Parquet: column with image bytes, {bytes, path} structs, paths/URIs, or lists of them",
-    "id_column": "Parquet: column with a stable row id (default: file path + row number)",
-    "keep_columns": "comma-separated input fields to carry to the output",
-    "limit": "process only the first N inputs (trial runs)",
-    "sample": "process a seeded random fraction of the inputs (0 < FRACTION <= 1)",
-    "prompt": "the user text sent with every image; {field} placeholders are filled from the row",
-    "prompts_file": "YAML/JSON/TXT list of prompts: one output row per input and prompt",
-    "prompt_column": "take each row's prompt from this input field",
-    "conversation_column": "take each row's whole conversation (apply_chat_template messages) from this field",
-    "raw_prompt_column": "take each row's fully rendered prompt from this field, sent verbatim (no chat template)",
-    "visual_prompt_column": "field with a VipLLaVA visual prompt annotation to draw on the image",
-    "max_new_tokens": "most tokens to generate per row",
-    "temperature": "0 = greedy (default); > 0 samples",
-    "top_p": "nucleus sampling mass when temperature > 0",
-    "seed": "seed for sampling (per row, with the row id; per batch where model.generate runs)",
-    "batch_size": "most rows decoded at once on each replica (its decoding slots)",
-    "batch_tokens": "also cap each generate() call at this many padded prompt tokens (rows x longest prompt)",
-    "length_window": "batches a replica takes at once and regroups by prompt length (1 = no grouping)",
-    "replicas": "model replicas: N, or MIN:MAX to autoscale",
-    "gpus_per_replica": "GPUs per replica (0 = CPU; >1 shards the model with accelerate); default: 1 if GPUs exist",
-    "preprocess_workers": "most CPU actors decoding and preprocessing images",
-    "files_per_shard": "input files per shard, the unit of commit and resume",
-    "dtype": "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU",
-    "attn_implementation": "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)",
-    "compile": "static KV cache + torch.compile of the decoding step (GPU or CPU; compiles once per batch shape, "
-    "pays off on long GPU runs)",
-    "share_image_prefix": "rows showing the same image(s) under several prompts prefill the image once (not with --compile)",
-    "continuous_batching": "a row that stops frees its decoding slot for the next waiting row (not with --compile)",
-    "max_image_pixels": "images with more pixels become error rows (decompression-bomb guard)",
-    "max_error_rate": "exit with code 3 (after writing everything) when a larger share of rows has errors",
-    "s3_endpoint_url": "S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
-    "address": "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray)",
-    "overwrite": "delete previous results in the output and start over",
-    "trust_remote_code": "allow the checkpoint's own Python code to run (off unless you turn it on)",
-    "group_by": "one row per group of images: 'folder' (image folders) or a Parquet column (equal values)",
-    "order_by": "Parquet with --group-by: order a group's images by this column (default: file order)",
-    # instruct
-    "instruction": "stage 1: what the model is asked per image; {questions} = the count, {field}s from the row",
-    "questions": "most questions kept per image (one output row per question)",
-    "turns": "turns per conversation; later turns ask the image's other questions, then --follow-up",
-    "follow_up": "user text of later turns once the image's own questions are used up",
-    "question_max_new_tokens": "most tokens of the stage-1 reply that lists the questions",
-    "export_json": "after the run, also write the LLaVA training JSON file here (error rows left out)",
-}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
@@ -101,8 +50,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
 
 
 def field_help(field: Any) -> str:
-    """FIELD_HELP's text plus the dataclass's default, unless the text already says what happens when unset."""
-    text = FIELD_HELP.get(field.name, "")
+    """The field's help (its `setting(...)` metadata) plus its default, unless the text already says what happens
+    when unset."""
+    text = field.metadata.get("help", "")
     default = field.default
     if default is MISSING or default in (None, "", ()) or "default" in text:
         return text
@@ -117,12 +67,13 @@ def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, 
 
 
 def run_job(job: str, config: Any) -> int:
-    """Run one job (a name in llava_batch.cli.job_files.JOBS) in this process; Ray is shut down whatever happens."""
-    from llava_batch.cli.job_files import JOBS
+    """Run one job (a name in llava_batch.jobs.JOBS) in this process; a Ray it started is shut down whatever
+    happens."""
+    from llava_batch.jobs import JOBS
     from llava_batch.pipeline.run.ray_cluster import shutdown
 
     try:
-        result = JOBS[job].run_function()(config)
+        result = JOBS[job].run(config)
     finally:
         shutdown()
     return report_result(result, config.max_error_rate)
@@ -130,7 +81,7 @@ def run_job(job: str, config: Any) -> int:
 
 def job_command(job: str) -> Callable[[argparse.Namespace], int]:
     """The handler of `llava-batch JOB`: the config from --config and the flags, then the run."""
-    from llava_batch.cli.job_files import JOBS
+    from llava_batch.jobs import JOBS
 
     def handler(args: argparse.Namespace) -> int:
         config_class = JOBS[job].config_class
@@ -162,7 +113,7 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def run_job_file(path: str) -> int:
-    """Run a job file (any job in llava_batch.cli.job_files.JOBS, from its `job:` key) once, in this process."""
+    """Run a job file (any job in llava_batch.jobs.JOBS, from its `job:` key) once, in this process."""
     from llava_batch.cli.job_files import load_job_file
 
     job_file = load_job_file(path)
@@ -322,17 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    caption = commands.add_parser("caption", help="caption every image under a prefix")
-    add_config_flags(caption, CaptionConfig)
-    caption.set_defaults(handler=job_command("caption"))
+    from llava_batch.jobs import JOBS
 
-    from llava_batch.jobs.instruct import InstructConfig
-
-    instruct = commands.add_parser(
-        "instruct", help="make LLaVA-style instruction data: the model asks questions per image, then answers"
-    )
-    add_config_flags(instruct, InstructConfig)
-    instruct.set_defaults(handler=job_command("instruct"))
+    for name, job in JOBS.items():
+        command = commands.add_parser(name, help=job.summary, description=job.summary)
+        add_config_flags(command, job.config_class)
+        command.set_defaults(handler=job_command(name))
 
     tiny = commands.add_parser(
         "make-tiny-model", help="build a tiny random-weight model offline (smoke tests)"

@@ -13,8 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from llava_batch.cli.job_files import JOBS, load_job_file
+from llava_batch.cli.job_files import load_job_file
 from llava_batch.cli.main import build_parser, main, run_job
+from llava_batch.jobs import JOBS
 from llava_batch.jobs.demo import write_demo_images
 from tests.support.images import write_images
 

@@ -14,8 +14,8 @@ import pytest
 import ray
 
 from llava_batch.cli.main import EXIT_CLUSTER_UNREACHABLE, EXIT_INVALID_SETTINGS, build_parser, main
+from llava_batch.jobs.caption import CaptionConfig
 from llava_batch.jobs.instruct import InstructConfig
-from llava_batch.pipeline.config import CaptionConfig
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -32,7 +32,9 @@ def test_every_flag_of_a_job_has_help(command, config_class):
     helps = {action.dest: action.help for action in parser._actions}
     settable = [f.name for f in fields(config_class) if f.init]
     missing = [name for name in settable if not helps.get(name)]
-    assert not missing, f"flags without help (add them to llava_batch.cli.main.FIELD_HELP): {missing}"
+    assert not missing, (
+        f"flags without help (declare the field with pipeline.config.setting(default, help)): {missing}"
+    )
     assert all(action.help for action in parser._actions), "every other option too (--config, --help)"
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from llava_batch.pipeline.config import CaptionConfig, ConfigError, ReplicaRange, load_config
+from llava_batch.jobs.caption import CaptionConfig
+from llava_batch.pipeline.config import ConfigError, ReplicaRange, load_config
 
 BASE = {"input": "/data/images", "output": "/data/captions", "model": "/models/tiny"}
 

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from llava_batch.jobs.caption import CaptionConfig
 from llava_batch.jobs.caption import fingerprint as caption_fingerprint
 from llava_batch.jobs.instruct import InstructConfig
 from llava_batch.jobs.instruct import fingerprint as instruct_fingerprint
 from llava_batch.pipeline.config import (
-    CaptionConfig,
     ConfigError,
     fingerprint_defaults,
     job_fingerprint,

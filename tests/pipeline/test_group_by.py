@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llava_batch.pipeline.config import CaptionConfig, ConfigError
+from llava_batch.jobs.caption import CaptionConfig
+from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.io.formats import plan_shards
 from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
 from llava_batch.pipeline.io.shards import Shard, shard_id_for

@@ -2,8 +2,10 @@
 
 import pytest
 
-from llava_batch.cli.job_files import JOBS, load_job_file
-from llava_batch.pipeline.config import CaptionConfig, ConfigError, load_config
+from llava_batch.cli.job_files import load_job_file
+from llava_batch.jobs import JOBS
+from llava_batch.jobs.caption import CaptionConfig
+from llava_batch.pipeline.config import ConfigError, load_config
 
 BASE = "input: /data/in\noutput: /data/out\nmodel: /models/tiny\n"
 
@@ -47,9 +49,9 @@ def test_unknown_job_and_bad_schedule_name_the_key(tmp_path):
         load_job_file(write(tmp_path, "shedule: '0 * * * *'\n" + BASE))
 
 
-def test_every_job_names_an_importable_run_function():
+def test_every_job_has_a_run_function_and_a_summary():
     for kind in JOBS.values():
-        assert callable(kind.run_function())
+        assert callable(kind.run) and kind.summary
 
 
 def test_schedule_refuses_a_file_without_schedule_and_a_bad_max_runs(tmp_path, capsys):

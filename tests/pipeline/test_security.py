@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from llava_batch.cli.main import main
-from llava_batch.pipeline.config import CaptionConfig, ConfigError
+from llava_batch.jobs.caption import CaptionConfig
+from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.families import check_model_loadable, inspect_model
 from tests.support.images import write_images
 

@@ -19,18 +19,18 @@ IDLE_WAIT_S = 10.0
 
 
 class SharedRay:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
+    def __init__(self) -> None:
         self.running = False
 
-    def ensure(self) -> None:
-        """Running, with every CPU free: a job must never wait for an earlier test's leftover actors."""
+    def ensure(self, env: dict[str, str]) -> None:
+        """Running, with every CPU free: a job must never wait for an earlier test's leftover actors. `env` is
+        what its worker processes get on top of this process's environment when it starts."""
         import ray
 
         if self.running and ray.is_initialized() and not self._idle():
             self.stop()
         if not (self.running and ray.is_initialized()):
-            with _environment(self.env):
+            with _environment(env):
                 ray_cluster.start_local_ray(num_cpus=2)
             self.running = True
 
