@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llava_batch.pipeline.config import ConfigError, JobConfig
+from llava_batch.pipeline.config import ConfigError, JobConfig, ModelSettings
 from llava_batch.pipeline.families import ModelInfo
 from llava_batch.pipeline.io.read_stage import ReadSpec
 from llava_batch.pipeline.io.shards import Shard, with_sample_ids
@@ -72,7 +72,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
     return JobSetup(options, model, input_format, shards, resources)
 
 
-def resolve_gpus_per_replica(config: JobConfig, resources: ClusterResources) -> int:
+def resolve_gpus_per_replica(config: ModelSettings, resources: ClusterResources) -> int:
     """Default: one GPU per replica when the cluster has GPUs, else run the replicas on CPU."""
     if config.gpus_per_replica is None:
         return 1 if resources.gpus >= 1 else 0
@@ -109,7 +109,7 @@ def read_stage(config: JobConfig, options: StorageOptions, shares: CpuShares) ->
 
 
 def model_call_stages(
-    config: JobConfig,
+    config: ModelSettings,
     model: ModelInfo,
     shares: CpuShares,
     gpus: int,

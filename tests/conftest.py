@@ -68,6 +68,13 @@ def shared_ray(shared_ray_session: SharedRay, seaweedfs: S3Endpoint) -> SharedRa
     return shared_ray_session
 
 
+@pytest.fixture(autouse=True)
+def _integration_tests_share_one_ray(request: pytest.FixtureRequest) -> None:
+    # Tests that run jobs are marked integration; tests of what happens before or without Ray ask for `own_ray`.
+    if request.node.get_closest_marker("integration") and "own_ray" not in request.fixturenames:
+        request.getfixturevalue("shared_ray")
+
+
 @pytest.fixture
 def own_ray(shared_ray_session: SharedRay) -> None:
     """For tests of starting and stopping Ray itself: no shared Ray is running while they run."""

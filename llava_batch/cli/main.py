@@ -67,16 +67,10 @@ def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, 
 
 
 def run_job(job: str, config: Any) -> int:
-    """Run one job (a name in llava_batch.jobs.JOBS) in this process; a Ray it started is shut down whatever
-    happens."""
-    from llava_batch.jobs import JOBS
-    from llava_batch.pipeline.run.ray_cluster import shutdown
+    """Run one job (a name in llava_batch.jobs.JOBS) in this process and print its summary; the exit code."""
+    from llava_batch.api import run_config
 
-    try:
-        result = JOBS[job].run(config)
-    finally:
-        shutdown()
-    return report_result(result, config.max_error_rate)
+    return report_result(run_config(job, config), config.max_error_rate)
 
 
 def job_command(job: str) -> Callable[[argparse.Namespace], int]:

@@ -89,7 +89,12 @@ READ_CPUS = 0.25
 
 
 def fit_cpu_shares(
-    total_cpus: float, preprocess_workers: int, max_replicas: int, gpu_replicas: bool
+    total_cpus: float,
+    preprocess_workers: int,
+    max_replicas: int,
+    gpu_replicas: bool,
+    *,
+    tasks_cpus: float = READ_CPUS,
 ) -> CpuShares:
     """Choose CPU requests so that full actor pools still leave room for read tasks.
 
@@ -99,7 +104,9 @@ def fit_cpu_shares(
     counted here, but they still need one CPU each to drive the GPU.
     """
     wanted = preprocess_workers * 1.0 + (0.0 if gpu_replicas else max_replicas * 1.0)
-    budget = max(total_cpus - READ_CPUS, 0.1)
+    # `tasks_cpus`: what must stay free for tasks to run beside full pools (a job's read task; inside a caller's
+    # own Ray Data pipeline, their map_batches tasks, which ask for 1 CPU unless told otherwise).
+    budget = max(total_cpus - tasks_cpus, 0.1)
     scale = min(1.0, budget / wanted) if wanted else 1.0
     share = math.floor(scale * 1000) / 1000  # round down: rounding up could overshoot the budget
     return CpuShares(read=READ_CPUS, preprocess=share, generate=1.0 if gpu_replicas else share)

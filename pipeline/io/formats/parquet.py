@@ -205,7 +205,7 @@ def read_parquet_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) ->
         yield _file_error_row(relative, file_uri, f"{type(error).__name__}: {error}", spec)
         return
 
-    fetcher = _ImageFetcher(options, posixpath.dirname(file_uri))
+    fetcher = ImageFetcher(options, posixpath.dirname(file_uri))
     for index, record in enumerate(records):
         yield _table_row(record, index, relative, file_uri, plan, fetcher)
 
@@ -222,7 +222,7 @@ def _file_error_row(relative: str, file_uri: str, reason: str, spec: ReadSpec) -
 
 
 def _table_row(
-    record: dict[str, Any], index: int, relative: str, file_uri: str, plan: ColumnPlan, fetcher: _ImageFetcher
+    record: dict[str, Any], index: int, relative: str, file_uri: str, plan: ColumnPlan, fetcher: ImageFetcher
 ) -> dict[str, Any]:
     row_id, error = f"{relative}#{index}", None
     if plan.id_column is not None:
@@ -252,7 +252,7 @@ def _id_text(value: Any) -> str:
     return str(value)
 
 
-class _ImageFetcher:
+class ImageFetcher:
     """Turns one image cell into a list of bytes, fetching paths/URIs; keeps one S3 client per bucket."""
 
     def __init__(self, options: StorageOptions, folder_uri: str) -> None:
