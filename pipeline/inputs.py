@@ -23,7 +23,7 @@ def detect_input_format(input_uri: str, options: StorageOptions) -> str:
         if lowered.endswith(".parquet}"):
             return "parquet"
         raise ConfigError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
-    found = list_files(input_uri, options, ("tar", "parquet", *IMAGE_EXTENSIONS))
+    found = list_files(input_uri, options, ("tar", "parquet", *IMAGE_EXTENSIONS), log_skipped=False)
     if any(path.lower().endswith(".tar") for path in found):
         return "webdataset"
     if any(path.lower().endswith(".parquet") for path in found):

@@ -19,7 +19,7 @@ import numpy as np
 
 from operators.batch import object_array
 from pipeline.shards import Shard
-from pipeline.storage import StorageOptions, filesystem_for, join_uri, retry_io
+from pipeline.storage import StorageOptions, broken_link, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,9 @@ def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str
 
 def read_with_retries(fs: Any, path: str) -> tuple[bytes | None, str | None]:
     """(bytes, None) or (None, 'read: ...'); a store that is away is waited for (storage.retry_io) first."""
+    link_problem = broken_link(fs, path)
+    if link_problem is not None:
+        return None, f"read: {link_problem}"
 
     def read() -> bytes:
         with fs.open_input_stream(path) as stream:
