@@ -45,7 +45,7 @@ _BATCH_ROWS = 1024
 
 def plan_parquet_shards(input_uri: str, options: StorageOptions, *, limit: int | None = None) -> list[Shard]:
     """One shard per Parquet file; `limit` reads only footers (row counts) to choose the files."""
-    root, files = resolve_input_files(input_uri, options, "parquet")
+    root, files = resolve_input_files(input_uri, options, ("parquet",))
     fs, root_path = filesystem_for(root, options)
 
     def count_rows(relative: str) -> int:
