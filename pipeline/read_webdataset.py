@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers import ReadSpec
+from pipeline.readers import ReadSpec, unique_id
 from pipeline.shards import Shard, shard_id_for
 from pipeline.storage import (
     PATTERN_CHARACTERS,
@@ -444,6 +444,7 @@ def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec)
     used: set[str] = set()
     for position, sample in enumerate(scan.samples, start=1):
         sample_id = unique_id(f"{relative}/{sample.key}", position, used)
+        used.add(sample_id)
         yield _sample_row(sample_id, f"{tar_uri}#{sample.key}", sample, spec)
     if scan.failure is not None:
         detail = ""
@@ -460,16 +461,6 @@ def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec)
             "error": f"read: cannot read tar: {scan.failure}{detail}",
             **{name: None for name in spec.keep_columns},
         }
-
-
-def unique_id(wanted: str, position: int, used: set[str]) -> str:
-    """`wanted`, or `wanted#<position>` when a row of this shard already has that id (a repeated key)."""
-    candidate = wanted
-    while candidate in used:
-        candidate = f"{wanted}#{position}"
-        position += 1_000_000  # only if even that is taken: still stable from run to run
-    used.add(candidate)
-    return candidate
 
 
 def _sample_row(sample_id: str, source: str, sample: TarSample, spec: ReadSpec) -> dict[str, Any]:

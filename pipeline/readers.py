@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,16 @@ def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> It
         yield from read_parquet_shard(shard, options, spec)
         return
     raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+def unique_id(wanted: str, position: int, used: Container[str]) -> str:
+    """`wanted`, or `wanted#<position>` when a row of this shard already has that id (`used`: a repeated key),
+    so that the shard commits with every row."""
+    candidate = wanted
+    while candidate in used:
+        candidate = f"{wanted}#{position}"
+        position += 1_000_000  # only if even that is taken: still stable from run to run
+    return candidate
 
 
 def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str, Any]]:

@@ -93,7 +93,10 @@ UNUSABLE: dict[str, tuple[bytes, str]] = {
     ),
     "truncated.jpg": (_JPEG[: len(_JPEG) // 2], f"decode: truncated JPEG ({len(_JPEG) // 2} bytes; "),
     "truncated.png": (_PNG[: len(_PNG) // 2], f"decode: truncated PNG ({len(_PNG) // 2} bytes; "),
-    "clip.mp4": (b"\x00\x00\x00\x18ftypmp42" + bytes(64), "decode: not an image: an MP4/QuickTime video"),
+    "video-saved-as.jpg": (
+        b"\x00\x00\x00\x18ftypmp42" + bytes(64),
+        "decode: not an image: an MP4/QuickTime video",
+    ),
     "garbage.webp": (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(8), "decode: corrupt WebP (24 bytes): "),
     # Refused by the per-job --max-image-pixels check or by Pillow's own bomb guard, both before any bitmap exists.
     "bomb.png": (png_bomb(), "decode: "),
