@@ -6,6 +6,7 @@ Used inside the preprocessing actor; a file that cannot be used raises `ImageDec
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps
@@ -39,8 +40,79 @@ def decode_image(data: bytes, *, max_image_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"decompression bomb refused: {error}") from None
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad files
-        raise ImageDecodeError(f"cannot decode image: {type(error).__name__}: {error}") from None
+        raise ImageDecodeError(describe_undecodable(data, error)) from None
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+# Magic numbers of image formats: a failure on one of these is a damaged image, not a file of another kind.
+_IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+# Files that crawls and folders hold beside images; named so that an error row says what the file really is.
+_OTHER_MAGIC = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (b"OggS", "an Ogg media file"),
+    (b"ID3", "an MP3 audio file"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
+_MEMORY_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def describe_undecodable(data: bytes, error: Exception) -> str:
+    """What a file Pillow could not decode is: `truncated JPEG`, `not an image: starts with '<html'`, ...
+
+    Pillow's own message names the in-memory buffer (`<_io.BytesIO object at 0x...>`), which tells a user
+    nothing: the file's first bytes do.
+    """
+    reason = _MEMORY_ADDRESS.sub("the data", str(error)) or type(error).__name__
+    image_format = _image_format(data)
+    if image_format is not None:
+        if "truncated" in reason.lower():
+            return f"truncated {image_format} ({len(data)} bytes; {reason})"
+        return f"corrupt {image_format} ({len(data)} bytes): {type(error).__name__}: {reason}"
+    return f"not an image: {_what_it_is(data)}"
+
+
+def _image_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF image (no decoder for it is installed)"
+    return next((name for magic, name in _IMAGE_MAGIC if data.startswith(magic)), None)
+
+
+def _what_it_is(data: bytes) -> str:
+    if data[4:8] == b"ftyp":
+        return f"an MP4/QuickTime video (brand {data[8:12].decode('latin-1')!r})"
+    if data[:4] == b"RIFF":
+        return f"a RIFF {data[8:12].decode('latin-1').strip()!r} file (e.g. AVI video or WAV audio)"
+    known = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
+    if known is not None:
+        return known
+    text = _text_head(data[:16])
+    if text is not None:
+        return f"starts with {text.strip()!r}"
+    return f"unknown format, starts with bytes {data[:8].hex(' ')}"
+
+
+def _text_head(head: bytes) -> str | None:
+    """The first bytes as text when they are text (a cut multi-byte character at the end is dropped)."""
+    for cut in range(4):
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text if text.strip() and all(c.isprintable() or c.isspace() for c in text) else None
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

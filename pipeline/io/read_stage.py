@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from llava_batch.operators.batch import object_array
 from llava_batch.pipeline.io.shards import Shard
-from llava_batch.pipeline.io.storage import StorageOptions, filesystem_for, join_uri, retry_io
+from llava_batch.pipeline.io.storage import StorageOptions, broken_link, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,16 @@ def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> It
     raise ValueError(f"unknown shard kind {shard.kind!r}")
 
 
+def unique_id(wanted: str, position: int, used: Container[str]) -> str:
+    """`wanted`, or `wanted#<position>` when a row of this shard already has that id (`used`: a repeated key),
+    so that the shard commits with every row."""
+    candidate = wanted
+    while candidate in used:
+        candidate = f"{wanted}#{position}"
+        position += 1_000_000  # only if even that is taken: still stable from run to run
+    return candidate
+
+
 def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str, Any]]:
     """One row per image file; the id is the path relative to the input root."""
     fs, root_path = filesystem_for(shard.root, options)
@@ -167,6 +177,9 @@ def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str
 
 def read_with_retries(fs: Any, path: str) -> tuple[bytes | None, str | None]:
     """(bytes, None) or (None, 'read: ...'); a store that is away is waited for (storage.retry_io) first."""
+    link_problem = broken_link(fs, path)
+    if link_problem is not None:
+        return None, f"read: {link_problem}"
 
     def read() -> bytes:
         with fs.open_input_stream(path) as stream:

@@ -10,6 +10,7 @@ import os
 import posixpath
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -96,8 +97,13 @@ def join_uri(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts)
 
 
-def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -> list[str]:
-    """Sorted relative paths of the files under `uri` whose extension is in `extensions` (case-insensitive)."""
+def list_files(
+    uri: str, options: StorageOptions, extensions: tuple[str, ...], *, log_skipped: bool = True
+) -> list[str]:
+    """Sorted relative paths of the files under `uri` whose extension is in `extensions` (case-insensitive).
+
+    Files with other extensions (videos, text, ...) are skipped, and one log line counts them by extension.
+    """
     fs, root = filesystem_for(uri, options)
     info = retry_io(lambda: fs.get_file_info(root), f"looking up {uri}")
     if info.type == pafs.FileType.NotFound:
@@ -106,15 +112,122 @@ def list_files(uri: str, options: StorageOptions, extensions: tuple[str, ...]) -
         raise NotADirectoryError(
             f"input {uri!r} is a single file; pass the folder or prefix that holds the images"
         )
-    wanted = {"." + ext.lower() for ext in extensions}
-    relative = []
-    listing = retry_io(lambda: fs.get_file_info(pafs.FileSelector(root, recursive=True)), f"listing {uri}")
-    for entry in listing:
-        if entry.type != pafs.FileType.File:
-            continue
-        if os.path.splitext(entry.path)[1].lower() in wanted:
-            relative.append(posixpath.relpath(entry.path, root))
+    relative, skipped = [], Counter()
+    for path in list_tree(fs, root, uri):
+        extension = file_extension(path, extensions)
+        if extension in extensions:
+            relative.append(path)
+        else:
+            skipped[extension] += 1
+    if skipped and log_skipped:
+        noun = "non-image" if set(extensions) <= set(IMAGE_EXTENSIONS) else "other"
+        logger.info("%s: skipped %s", uri, skipped_text(skipped, noun))
     return sorted(relative)
+
+
+def file_extension(path: str, known: tuple[str, ...] = ()) -> str:
+    """The lower-case extension (without its dot, '' when none); one of `known` wins when the name ends with
+    it, so that 'tar.gz' is found whole."""
+    lowered = posixpath.basename(path).lower()
+    for extension in sorted(known, key=len, reverse=True):
+        if lowered.endswith("." + extension):
+            return extension
+    return os.path.splitext(lowered)[1][1:]
+
+
+def skipped_text(skipped: Counter, noun: str) -> str:
+    """`3 non-image files (.mp4: 2, .txt: 1)`: most frequent extension first."""
+    total = sum(skipped.values())
+    counts = ", ".join(
+        f"{'.' + extension if extension else '(no extension)'}: {count}"
+        for extension, count in sorted(skipped.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return f"{total} {noun} file{'s' if total != 1 else ''} ({counts})"
+
+
+def list_tree(fs: pafs.FileSystem, root: str, uri: str, *, recursive: bool = True) -> list[str]:
+    """Relative paths of the files under `root`. On a local disk symlinks are followed but each real folder
+    and file is listed once (a link loop such as `up -> ..` would list the tree again and again), and a
+    broken symlink is listed, so that reading it gives an error row that names it."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return local_tree(root, recursive=recursive)
+    selector = pafs.FileSelector(root, recursive=recursive)
+    listing = retry_io(lambda: fs.get_file_info(selector), f"listing {uri}")
+    return [posixpath.relpath(entry.path, root) for entry in listing if entry.type == pafs.FileType.File]
+
+
+def local_tree(root: str, *, recursive: bool = True) -> list[str]:
+    """Sorted relative paths of the files under a local folder, each real file once.
+
+    Real folders are walked first; a symlinked folder is walked afterwards only if its target was not walked
+    yet, so the real path wins over an alias and a loop ends. A symlinked file whose target is already listed
+    is left out; a dangling one stays in.
+    """
+    files: list[str] = []
+    real_files: set[str] = set()
+    linked_files: list[tuple[str, str]] = []  # (relative path, absolute path) of symlinks to files
+    visited: set[str] = set()
+    linked_folders: list[tuple[str, str]] = []
+    left_out = 0
+
+    def walk(folder: str, relative_folder: str) -> None:
+        real_folder = os.path.realpath(folder)
+        if real_folder in visited:
+            nonlocal left_out
+            left_out += 1
+            return
+        visited.add(real_folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                relative = posixpath.join(relative_folder, entry.name) if relative_folder else entry.name
+                if entry.is_symlink():
+                    if os.path.isdir(entry.path):  # False for dangling and looping links
+                        linked_folders.append((relative, entry.path))
+                    else:
+                        linked_files.append((relative, entry.path))
+                elif entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        walk(entry.path, relative)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(relative)
+                    real_files.add(os.path.join(real_folder, entry.name))
+
+    walk(root, "")
+    while recursive and linked_folders:
+        linked_folders.sort(reverse=True)  # the smallest relative path next
+        relative, path = linked_folders.pop()
+        walk(path, relative)
+    for relative, path in sorted(linked_files):
+        target = os.path.realpath(path)
+        if not os.path.exists(path):
+            files.append(relative)  # dangling or looping: read as an error row naming the link
+        elif target in real_files:
+            left_out += 1
+        elif os.path.isfile(target):
+            files.append(relative)
+            real_files.add(target)
+    if left_out:
+        logger.info(
+            "%s: left out %d symlink(s) to folders or files already listed (loops or aliases)", root, left_out
+        )
+    return sorted(files)
+
+
+def broken_link(fs: pafs.FileSystem, path: str) -> str | None:
+    """`broken symlink -> target` (or a link loop) for a local symlink that leads nowhere, else None.
+
+    Checked before reading: a looping link raises an OSError that would otherwise be retried as if the store
+    were away."""
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.islink(path) or os.path.exists(path):
+        return None
+    target = os.readlink(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"broken symlink -> {target}"
+    except OSError as error:
+        return f"symlink loop -> {target} ({error.strerror})"
+    return None
 
 
 def read_bytes(uri: str, options: StorageOptions) -> bytes:

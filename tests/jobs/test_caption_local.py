@@ -49,7 +49,7 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     rows = read_rows(output)
     assert sorted(rows) == expected_ids
     broken = rows["nested/broken.jpg"]
-    assert broken["error"].startswith("decode: cannot decode image")
+    assert broken["error"] == "decode: not an image: starts with '<html>this is no'"
     assert broken["generated_text"] is None and broken["source"] == str(folder / "nested" / "broken.jpg")
     good = [row for name, row in rows.items() if name != "nested/broken.jpg"]
     assert all(row["error"] is None for row in good)

@@ -111,8 +111,13 @@ def test_grouping_settings_are_checked_before_any_work(tmp_path):
     shard = write_views(tmp_path / "tables" / "views.parquet")
     with pytest.raises(ConfigError, match="group_by: for Parquet input name the column"):
         plan_shards(str(tmp_path / "tables"), OPTIONS, group_by="folder")
-    with pytest.raises(ValueError, match="group_by: no column 'shape' in the Parquet input"):
-        read([shard], ReadSpec(group_by="shape"))
+    # A table without the column: its rows become error rows (other files may have it), one per table row.
+    rows = read([shard], ReadSpec(group_by="shape"))
+    assert [row["id"] for row in rows] == [f"views.parquet#{index}" for index in range(6)]
+    assert {row["error"] for row in rows} == {
+        f"read: {tmp_path}/tables/views.parquet has no column 'shape' (group_by); "
+        "its columns: ['object', 'view', 'image', 'label']"
+    }
     with pytest.raises(ConfigError, match="order_by: 'view' orders the rows of a group; it needs --group-by"):
         CaptionConfig(input="/a", output="/b", model="m", order_by="view")
     with pytest.raises(ConfigError, match="order_by: 'view' cannot be used with --group-by folder"):

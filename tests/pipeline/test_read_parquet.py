@@ -11,7 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llava_batch.pipeline.io.formats.parquet import plan_parquet_shards, read_parquet_shard
+from llava_batch.pipeline.io.formats.parquet import (
+    IMAGE_COLUMN_NAMES,
+    plan_parquet_shards,
+    read_parquet_shard,
+)
 from llava_batch.pipeline.io.read_stage import ReadSpec
 from llava_batch.pipeline.io.shards import Shard, shard_id_for
 from llava_batch.pipeline.io.storage import StorageOptions
@@ -207,24 +211,67 @@ def test_image_column_auto_detection(tmp_path: Path) -> None:
     write_table(tmp_path / "unnamed.parquet", {"caption": ["c"], "pixels": [IMAGES[1]]})
     assert read_all(tmp_path, "unnamed.parquet")[0]["image_bytes"] == [IMAGES[1]]
 
-    write_table(tmp_path / "none.parquet", {"caption": ["c"], "width": [3]})
-    with pytest.raises(ValueError, match=r"none found.*\['caption', 'width'\]"):
-        read_all(tmp_path, "none.parquet")
+    write_table(tmp_path / "none.parquet", {"caption": ["c", "d"], "width": [3, 4]})
+    rows = read_all(tmp_path, "none.parquet")
+    assert [row["id"] for row in rows] == ["none.parquet#0", "none.parquet#1"]
+    assert rows[1]["error"] == (
+        f"read: {tmp_path}/none.parquet has no image column (none given; tried {list(IMAGE_COLUMN_NAMES)}, "
+        "then any binary or {bytes, path} column); its columns: ['caption', 'width']. Pass --image-column."
+    )
 
 
-def test_contract_errors_name_the_existing_columns(tmp_path: Path) -> None:
-    write_table(tmp_path / "t.parquet", {"image": [IMAGES[0]], "caption": ["c"]})
-    with pytest.raises(
-        ValueError, match=r"keep_columns: \['nope'\] not in the Parquet input.*'image', 'caption'"
-    ):
-        read_all(tmp_path, "t.parquet", ReadSpec(keep_columns=("caption", "nope")))
-    with pytest.raises(ValueError, match="id_column: no column 'uid'"):
-        read_all(tmp_path, "t.parquet", ReadSpec(id_column="uid"))
-    with pytest.raises(ValueError, match="image_column: no column 'photo'"):
-        read_all(tmp_path, "t.parquet", ReadSpec(image_column="photo"))
-    write_table(tmp_path / "ints.parquet", {"image": [1]})
-    with pytest.raises(ValueError, match="column 'image' is int64"):
-        read_all(tmp_path, "ints.parquet")
+def test_a_file_whose_columns_do_not_fit_gives_one_error_row_per_row(tmp_path: Path) -> None:
+    write_table(tmp_path / "t.parquet", {"image": IMAGES[:3], "caption": ["a", "b", "c"]})
+    file_uri = f"{tmp_path}/t.parquet"
+    columns = "its columns: ['image', 'caption']"
+    for spec, error in [
+        (
+            ReadSpec(keep_columns=("caption", "nope")),
+            f"{file_uri} has no column(s) ['nope'] (keep_columns); {columns}",
+        ),
+        (ReadSpec(id_column="uid"), f"{file_uri} has no column 'uid' (id_column); {columns}"),
+        (ReadSpec(image_column="photo"), f"{file_uri} has no column 'photo' (image_column); {columns}"),
+    ]:
+        rows = read_all(tmp_path, "t.parquet", spec)
+        assert [row["id"] for row in rows] == ["t.parquet#0", "t.parquet#1", "t.parquet#2"]
+        assert [row["error"] for row in rows] == [f"read: {error}"] * 3
+        assert [row["source"] for row in rows] == [f"{file_uri}#{index}" for index in range(3)]
+        assert all(row["image_bytes"] is None for row in rows)
+    write_table(tmp_path / "ints.parquet", {"image": [1, 2, 3, 4]})
+    rows = read_all(tmp_path, "ints.parquet", row_limit=3)
+    assert [row["id"] for row in rows] == ["ints.parquet#0", "ints.parquet#1", "ints.parquet#2"]
+    assert rows[0]["error"] == (
+        f"read: column 'image' of {tmp_path}/ints.parquet is int64, not bytes/struct/path/list "
+        "(binary image data, {bytes, path} structs, path/URI strings, or lists of these)"
+    )
+
+
+def test_duplicate_and_null_ids_become_error_rows_with_ids_of_their_own(tmp_path: Path) -> None:
+    write_table(
+        tmp_path / "t.parquet",
+        {"key": ["x", "y", "x", None, "t.parquet#3", "x", None], "image": IMAGES[:6] + [IMAGES[0]]},
+    )
+    rows = read_all(tmp_path, "t.parquet", ReadSpec(id_column="key"))
+    assert [row["id"] for row in rows] == [
+        "x",
+        "y",
+        "t.parquet#2",
+        "t.parquet#3",
+        "t.parquet#4",  # its own id was taken by the null id of row 3
+        "t.parquet#5",
+        "t.parquet#6",
+    ]
+    assert [row["error"] for row in rows] == [
+        None,
+        None,
+        "read: duplicate id 'x' (also row 0)",
+        "read: id column 'key' is null",
+        "read: duplicate id 't.parquet#3' (also row 3)",
+        "read: duplicate id 'x' (also row 0)",
+        "read: id column 'key' is null",
+    ]
+    assert rows[0]["image_bytes"] == [IMAGES[0]] and rows[2]["image_bytes"] is None
+    assert rows[2]["source"] == f"{tmp_path}/t.parquet#2"
 
 
 def test_fields_are_json_safe(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
@@ -48,6 +50,10 @@ def simple_samples(count: int, prefix: str = "s") -> list[tuple[str, bytes]]:
         members.append((f"{prefix}{index:03d}.jpg", image_bytes(index, (16, 12), "JPEG")))
         members.append((f"{prefix}{index:03d}.txt", f"caption {prefix}{index}".encode()))
     return members
+
+
+def by_id_of(rows: list[dict]) -> dict[str, dict]:
+    return {row["id"]: row for row in rows}
 
 
 def read_all(root: Path | str, relative: str, spec: ReadSpec | None = None) -> list[dict]:
@@ -108,7 +114,9 @@ def test_keep_columns_come_from_json_and_text_sidecars(tmp_path: Path) -> None:
     ]
 
 
-def test_bad_samples_become_error_rows_and_hidden_members_are_skipped(tmp_path: Path) -> None:
+def test_bad_samples_and_stray_members_become_error_rows_and_metadata_is_skipped(
+    tmp_path: Path, caplog
+) -> None:
     write_tar(
         tmp_path / "a.tar",
         [
@@ -122,11 +130,27 @@ def test_bad_samples_become_error_rows_and_hidden_members_are_skipped(tmp_path: 
             ("badjson.jpg", b"img"),
             ("badjson.json", b"{not json"),
             ("good2.png", b"img2"),
+            (".jpg", b"an image with no key"),
         ],
     )
-    rows = read_all(tmp_path, "a.tar")
-    assert [row["id"] for row in rows] == ["a.tar/good", "a.tar/noimage", "a.tar/badjson", "a.tar/good2"]
+    with caplog.at_level(logging.INFO, logger="llava_batch.pipeline.io.formats.webdataset"):
+        rows = read_all(tmp_path, "a.tar")
+    assert [row["id"] for row in rows] == [
+        "a.tar/dir/.hidden.jpg",
+        "a.tar/README",
+        "a.tar/good",
+        "a.tar/noimage",
+        "a.tar/badjson",
+        "a.tar/good2",
+        "a.tar/.jpg",
+    ]
     errors = {row["id"]: row["error"] for row in rows}
+    for name in ("dir/.hidden.jpg", "README", ".jpg"):
+        assert errors[f"a.tar/{name}"] == (
+            f"read: tar member {name!r} belongs to no sample (WebDataset member names are <key>.<extension>)"
+        )
+        assert by_id_of(rows)[f"a.tar/{name}"]["image_bytes"] is None
+    assert f"{tmp_path}/a.tar: skipped 2 metadata members (__*, .DS_Store, ._*)" in caplog.messages
     assert errors["a.tar/good"] is None and errors["a.tar/good2"] is None
     assert errors["a.tar/noimage"] == "read: sample has no image (jpg/jpeg/png/webp) in the tar"
     assert errors["a.tar/badjson"].startswith("read: bad JSON sidecar: ")
@@ -171,6 +195,102 @@ def test_tar_cut_at_a_member_boundary_is_not_taken_as_complete(tmp_path: Path) -
     # tarfile alone ends quietly here, as if the tar held two samples; s001 may have had members past the cut.
     assert [row["id"] for row in rows] == ["cut.tar/s000", "cut.tar"]
     assert "no end-of-archive block" in rows[-1]["error"] and "'s001'" in rows[-1]["error"]
+
+
+@pytest.mark.parametrize("into_header", [10, 200, 511])
+def test_a_cut_in_the_next_samples_header_keeps_the_complete_sample_before_it(
+    tmp_path: Path, into_header: int
+) -> None:
+    one_member = [(f"s{index}.jpg", image_bytes(index, (16, 12), "JPEG")) for index in range(3)]
+    data = tar_bytes(one_member)
+    header, _ = member_offsets(data)[1]  # the 2nd member: sample s1
+    (tmp_path / "cut.tar").write_bytes(data[: header + into_header])
+    rows = read_all(tmp_path, "cut.tar")
+    # The surviving name ('s1.jpg') says the member after s0 belongs to another sample: s0 was read whole.
+    assert [row["id"] for row in rows] == ["cut.tar/s0", "cut.tar"]
+    assert rows[0]["error"] is None and rows[0]["image_bytes"] == [one_member[0][1]]
+    assert "(after 1 complete samples; lost from sample 's1' on)" in rows[1]["error"]
+
+    two_members = tar_bytes(simple_samples(3))
+    header, _ = member_offsets(two_members)[2]  # s001.jpg, after s000.jpg and s000.txt
+    (tmp_path / "cut2.tar").write_bytes(two_members[: header + into_header])
+    assert [row["id"] for row in read_all(tmp_path, "cut2.tar")] == ["cut2.tar/s000", "cut2.tar"]
+    header, _ = member_offsets(two_members)[1]  # s000.txt: s000 itself is cut, so it is lost
+    (tmp_path / "cut3.tar").write_bytes(two_members[: header + into_header])
+    rows = read_all(tmp_path, "cut3.tar")
+    assert [row["id"] for row in rows] == ["cut3.tar"]
+    assert "lost from sample 's000' on" in rows[0]["error"]
+    # Planning with --limit counts the same rows as reading gives.
+    shards = plan_webdataset_shards(str(tmp_path / "cut.tar"), OPTIONS, limit=10)
+    assert shards[0].row_limit is None and len(shards) == 1
+
+
+def test_a_repeated_sample_key_is_an_error_row_of_its_own(tmp_path: Path) -> None:
+    write_tar(
+        tmp_path / "a.tar",
+        [
+            ("a.jpg", b"img a"),
+            ("a.txt", b"first a"),
+            ("b.jpg", b"img b"),
+            ("a.jpg", b"img a again"),  # not adjacent to the first a: another sample
+            ("a.txt", b"second a"),
+            ("c.jpg", b"img c"),
+            ("c.jpg", b"img c again"),  # the same member twice in a row
+        ],
+    )
+    rows = read_all(tmp_path, "a.tar", ReadSpec(keep_columns=("txt",)))
+    assert [row["id"] for row in rows] == ["a.tar/a", "a.tar/b", "a.tar/a#3", "a.tar/c", "a.tar/c#5"]
+    assert [row["error"] for row in rows] == [
+        None,
+        None,
+        "read: duplicate sample key 'a': sample 3 of the tar repeats sample 1 (a sample's members must be adjacent)",
+        None,
+        "read: duplicate sample key 'c': sample 5 of the tar repeats sample 4 (a sample's members must be adjacent)",
+    ]
+    assert [row["txt"] for row in rows] == ["first a", None, "second a", None, None]
+    assert rows[0]["image_bytes"] == [b"img a"] and rows[2]["image_bytes"] is None
+    assert rows[2]["source"] == f"{tmp_path}/a.tar#a"
+
+
+def gzip_tar(path: Path, members: list[tuple[str, bytes]]) -> bytes:
+    data = gzip.compress(tar_bytes(members))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def test_gzip_compressed_tars_are_planned_detected_and_read(tmp_path: Path) -> None:
+    from llava_batch.pipeline.io.formats import detect_input_format
+
+    gzip_tar(tmp_path / "in" / "a.tar.gz", simple_samples(2, "a"))
+    gzip_tar(tmp_path / "in" / "b.TGZ", simple_samples(1, "b"))
+    write_tar(tmp_path / "in" / "c.tar", simple_samples(1, "c"))
+    root = str(tmp_path / "in")
+    assert detect_input_format(root, OPTIONS) == "webdataset"
+    assert detect_input_format(f"{root}/*.tar.gz", OPTIONS) == "webdataset"
+    assert detect_input_format(f"{root}/{{a,b}}.tgz", OPTIONS) == "webdataset"
+    shards = plan_webdataset_shards(root, OPTIONS)
+    assert [shard.members for shard in shards] == [("a.tar.gz",), ("b.TGZ",), ("c.tar",)]
+    rows = [row for shard in shards for row in read_webdataset_shard(shard, OPTIONS, ReadSpec())]
+    assert [row["id"] for row in rows] == ["a.tar.gz/a000", "a.tar.gz/a001", "b.TGZ/b000", "c.tar/c000"]
+    assert all(row["error"] is None for row in rows)
+    assert json.loads(rows[1]["fields"]) == {"txt": "caption a1"}
+    limited = plan_webdataset_shards(root, OPTIONS, limit=3)
+    assert [(shard.members, shard.row_limit) for shard in limited] == [(("a.tar.gz",), None), (("b.TGZ",), 1)]
+
+
+def test_damaged_gzip_tars_keep_their_complete_samples_and_are_not_retried(tmp_path: Path) -> None:
+    data = gzip_tar(tmp_path / "whole.tar.gz", simple_samples(40))
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    rows = read_all(tmp_path, "cut.tar.gz")
+    assert rows[-1]["id"] == "cut.tar.gz" and rows[-1]["error"].startswith(
+        "read: cannot read tar: EOFError: "
+    )
+    assert len(rows) > 2 and all(row["error"] is None for row in rows[:-1])
+    assert [row["id"] for row in rows[:-1]] == [f"cut.tar.gz/s{index:03d}" for index in range(len(rows) - 1)]
+    (tmp_path / "plain.tgz").write_bytes(tar_bytes(simple_samples(1)))  # named .tgz, not compressed
+    (row,) = read_all(tmp_path, "plain.tgz")
+    assert row["error"] == "read: cannot read tar: BadGzipFile: Not a gzipped file (b's0')"
 
 
 def test_garbage_after_a_member_is_an_error_not_the_end(tmp_path: Path) -> None:
@@ -270,8 +390,8 @@ def test_globs_match_one_folder_level_and_tar_files_only(tmp_path: Path) -> None
     nested = plan_webdataset_shards(f"{tmp_path}/*/*.tar", OPTIONS)
     assert [shard.members for shard in nested] == [("s/a.tar",), ("s/b.tar",), ("t/e.tar",)]
     assert nested[0].root == str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no .tar files match"):
-        plan_webdataset_shards(f"{tmp_path}/s/*.tgz", OPTIONS)
+    with pytest.raises(FileNotFoundError, match=r"no \.tar/\.tar\.gz/\.tgz files match"):
+        plan_webdataset_shards(f"{tmp_path}/s/*.zip", OPTIONS)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plan_webdataset_shards(f"{tmp_path}/nowhere/*.tar", OPTIONS)
 

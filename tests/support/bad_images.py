@@ -85,14 +85,19 @@ UNUSABLE: dict[str, tuple[bytes, str]] = {
     "zero-bytes.jpg": (b"", "decode: empty file (0 bytes)"),
     "html-page.jpg": (
         b"<!doctype html><html><body>404 Not Found</body></html>",
-        "decode: cannot decode image",
+        "decode: not an image: starts with '<!doctype html><'",
     ),
     "plain-text.png": (
         b"just some text saved with the wrong extension\n" * 10,
-        "decode: cannot decode image",
+        "decode: not an image: starts with 'just some text s'",
     ),
-    "truncated.jpg": (_JPEG[: len(_JPEG) // 2], "decode: cannot decode image"),
-    "truncated.png": (_PNG[: len(_PNG) // 2], "decode: cannot decode image"),
+    "truncated.jpg": (_JPEG[: len(_JPEG) // 2], f"decode: truncated JPEG ({len(_JPEG) // 2} bytes; "),
+    "truncated.png": (_PNG[: len(_PNG) // 2], f"decode: truncated PNG ({len(_PNG) // 2} bytes; "),
+    "video-saved-as.jpg": (
+        b"\x00\x00\x00\x18ftypmp42" + bytes(64),
+        "decode: not an image: an MP4/QuickTime video",
+    ),
+    "garbage.webp": (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(8), "decode: corrupt WebP (24 bytes): "),
     # Refused by the per-job --max-image-pixels check or by Pillow's own bomb guard, both before any bitmap exists.
     "bomb.png": (png_bomb(), "decode: "),
 }

@@ -6,29 +6,38 @@ from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.io.shards import Shard, plan_image_shards
 from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
 
+TABLE_EXTENSIONS = ("parquet",)
+
 
 def detect_input_format(input_uri: str, options: StorageOptions) -> str:
-    """`webdataset` if the input holds .tar files, `parquet` if .parquet files, else `images`.
+    """`webdataset` if the input holds tars (.tar, .tar.gz, .tgz), `parquet` if .parquet files, else `images`.
 
     Costs one listing of the prefix; pass --input-format to skip it on very large prefixes.
     """
-    lowered = input_uri.lower()
-    if lowered.endswith(".tar"):  # a single tar or table, or a pattern of them
-        return "webdataset"
-    if lowered.endswith(".parquet"):
-        return "parquet"
+    from llava_batch.pipeline.io.formats.webdataset import TAR_EXTENSIONS
+
+    named = _format_of_name(input_uri.rstrip("}"), TAR_EXTENSIONS)  # a file, or a pattern of them
+    if named is not None:
+        return named
     if any(char in input_uri for char in PATTERN_CHARACTERS):
-        if lowered.endswith(".tar}"):
-            return "webdataset"
-        if lowered.endswith(".parquet}"):
-            return "parquet"
         raise ConfigError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
-    found = list_files(input_uri, options, ("tar", "parquet", *IMAGE_EXTENSIONS))
-    if any(path.lower().endswith(".tar") for path in found):
-        return "webdataset"
-    if any(path.lower().endswith(".parquet") for path in found):
-        return "parquet"
+    found = list_files(
+        input_uri, options, (*TAR_EXTENSIONS, *TABLE_EXTENSIONS, *IMAGE_EXTENSIONS), log_skipped=False
+    )
+    formats = {_format_of_name(path, TAR_EXTENSIONS) for path in found}
+    for kind in ("webdataset", "parquet"):
+        if kind in formats:
+            return kind
     return "images"
+
+
+def _format_of_name(name: str, tar_extensions: tuple[str, ...]) -> str | None:
+    lowered = name.lower()
+    if lowered.endswith(tuple("." + extension for extension in tar_extensions)):
+        return "webdataset"
+    if lowered.endswith(tuple("." + extension for extension in TABLE_EXTENSIONS)):
+        return "parquet"
+    return None
 
 
 def plan_shards(

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from llava_batch.pipeline.io.formats.webdataset import plan_limited, resolve_input_files
-from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.read_stage import ReadSpec, unique_id
 from llava_batch.pipeline.io.shards import Shard
 from llava_batch.pipeline.io.storage import StorageOptions, filesystem_for, join_uri, retry_io
 
@@ -45,7 +45,7 @@ _BATCH_ROWS = 1024
 
 def plan_parquet_shards(input_uri: str, options: StorageOptions, *, limit: int | None = None) -> list[Shard]:
     """One shard per Parquet file; `limit` reads only footers (row counts) to choose the files."""
-    root, files = resolve_input_files(input_uri, options, "parquet")
+    root, files = resolve_input_files(input_uri, options, ("parquet",))
     fs, root_path = filesystem_for(root, options)
 
     def count_rows(relative: str) -> int:
@@ -119,6 +119,15 @@ def _can_hold_images(kind: pa.DataType, *, strings: bool = True) -> bool:
     return _is_binary(kind) or _is_image_struct(kind) or (strings and _is_string(kind))
 
 
+class ColumnError(ValueError):
+    """A file's columns do not fit the settings; `option` names the setting. The file's rows become error rows
+    (other files may fit), and when no file fits the run stops before Ray starts (check_parquet_columns)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 @dataclass(frozen=True)
 class ColumnPlan:
     image_column: str
@@ -129,18 +138,20 @@ class ColumnPlan:
 
 
 def plan_columns(schema: pa.Schema, spec: ReadSpec, file_uri: str) -> ColumnPlan:
-    """Check the spec against one file's schema; a broken contract raises ValueError naming the columns."""
+    """Check the spec against one file's schema; a broken contract raises ColumnError naming the columns."""
     names = list(schema.names)
-    there = f"the file {file_uri} has columns {names}"
-    for option, wanted in (("image_column", spec.image_column), ("id_column", spec.id_column)):
+    there = f"its columns: {names}"
+    for option, wanted in (
+        ("image_column", spec.image_column),
+        ("id_column", spec.id_column),
+        ("group_by", spec.group_by),
+        ("order_by", spec.order_by),
+    ):
         if wanted is not None and wanted not in names:
-            raise ValueError(f"{option}: no column {wanted!r} in the Parquet input; {there}")
-    for option, wanted in (("group_by", spec.group_by), ("order_by", spec.order_by)):
-        if wanted is not None and wanted not in names:
-            raise ValueError(f"{option}: no column {wanted!r} in the Parquet input; {there}")
+            raise ColumnError(option, f"{file_uri} has no column {wanted!r} ({option}); {there}")
     missing = [name for name in spec.keep_columns if name not in names]
     if missing:
-        raise ValueError(f"keep_columns: {missing} not in the Parquet input; {there}")
+        raise ColumnError("keep_columns", f"{file_uri} has no column(s) {missing} (keep_columns); {there}")
 
     image_column = spec.image_column
     if image_column is None:
@@ -150,15 +161,17 @@ def plan_columns(schema: pa.Schema, spec: ReadSpec, file_uri: str) -> ColumnPlan
             (name for name in names if _can_hold_images(schema.field(name).type, strings=False)), None
         )
     if image_column is None:
-        raise ValueError(
-            f"image_column: none given and none found (tried {list(IMAGE_COLUMN_NAMES)}, then any binary or "
-            f"{{bytes, path}} column); {there}. Pass --image-column."
+        raise ColumnError(
+            "image_column",
+            f"{file_uri} has no image column (none given; tried {list(IMAGE_COLUMN_NAMES)}, then any binary "
+            f"or {{bytes, path}} column); {there}. Pass --image-column.",
         )
     image_type = schema.field(image_column).type
     if not _can_hold_images(image_type):
-        raise ValueError(
-            f"image_column: column {image_column!r} is {image_type}; it must hold binary image data, "
-            f"{{bytes, path}} structs, path/URI strings, or lists of these ({there})"
+        raise ColumnError(
+            "image_column",
+            f"column {image_column!r} of {file_uri} is {image_type}, not bytes/struct/path/list "
+            "(binary image data, {bytes, path} structs, path/URI strings, or lists of these)",
         )
 
     needed = {image_column, *spec.keep_columns, *([spec.id_column] if spec.id_column else [])}
@@ -183,10 +196,14 @@ def read_parquet_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) ->
     # Without --sample the shard's row limit is final, so the rest of the file need not be read.
     stop_after = shard.row_limit if spec.sample is None else None
 
-    def read() -> tuple[ColumnPlan, list[dict[str, Any]]]:
+    def read() -> tuple[ColumnPlan | ColumnError, list[dict[str, Any]]]:
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            plan = plan_columns(parquet.schema_arrow, spec, file_uri)
+            try:
+                plan = plan_columns(parquet.schema_arrow, spec, file_uri)
+            except ColumnError as problem:  # this file only: its rows become error rows, the others are read
+                rows = parquet.metadata.num_rows
+                return problem, [{}] * (rows if stop_after is None else min(rows, stop_after))
             records: list[dict[str, Any]] = []
             for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=plan.read_columns):
                 records.extend(batch.to_pylist())
@@ -197,26 +214,47 @@ def read_parquet_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) ->
     try:
         plan, records = retry_io(read, f"reading {file_uri}")
     except FileNotFoundError:
-        yield _file_error_row(relative, file_uri, "file disappeared between listing and reading", spec)
+        yield _file_error_row(
+            relative,
+            file_uri,
+            "read: cannot read Parquet file: file disappeared between listing and reading",
+            spec,
+        )
         return
     except (OSError, pa.ArrowException) as error:
-        # pyarrow's ArrowInvalid is also a ValueError, so the contract errors of plan_columns are not caught.
         logger.warning("cannot read Parquet file %s: %s", file_uri, error)
-        yield _file_error_row(relative, file_uri, f"{type(error).__name__}: {error}", spec)
+        yield _file_error_row(
+            relative, file_uri, f"read: cannot read Parquet file: {type(error).__name__}: {error}", spec
+        )
+        return
+    if isinstance(plan, ColumnError):
+        logger.warning("%d rows of %s become error rows: %s", len(records), file_uri, plan)
+        for index in range(len(records)):
+            yield _file_error_row(f"{relative}#{index}", f"{file_uri}#{index}", f"read: {plan}", spec)
         return
 
     fetcher = ImageFetcher(options, posixpath.dirname(file_uri))
+    row_of_id: dict[str, int] = {}  # every id given so far -> its row
     for index, record in enumerate(records):
-        yield _table_row(record, index, relative, file_uri, plan, fetcher)
+        row = _table_row(record, index, relative, file_uri, plan, fetcher)
+        wanted = row["id"]
+        if wanted in row_of_id:
+            # Two rows with one id would make the commit refuse the whole shard: this one becomes an error row
+            # under its own file#row id.
+            row["id"] = unique_id(f"{relative}#{index}", index, row_of_id)
+            row["image_bytes"] = None
+            row["error"] = f"read: duplicate id {wanted!r} (also row {row_of_id[wanted]})"
+        row_of_id[row["id"]] = index
+        yield row
 
 
-def _file_error_row(relative: str, file_uri: str, reason: str, spec: ReadSpec) -> dict[str, Any]:
+def _file_error_row(row_id: str, source: str, error: str, spec: ReadSpec) -> dict[str, Any]:
     return {
-        "id": relative,
-        "source": file_uri,
+        "id": row_id,
+        "source": source,
         "image_bytes": None,
         "fields": json.dumps({}),
-        "error": f"read: cannot read Parquet file: {reason}",
+        "error": error,
         **{name: None for name in spec.keep_columns},
     }
 

@@ -1,16 +1,20 @@
-"""WebDataset input: plan one shard per .tar (a prefix, brace ranges/lists or globs) and read a tar's samples.
+"""WebDataset input: plan one shard per tar (.tar, .tar.gz, .tgz; a prefix, brace ranges/lists or globs) and
+read a tar's samples.
 
 Writes `id` (tar path/key), `source` (tar URI#key), `image_bytes`, `fields` (JSON of the sidecars), `error`.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
 import posixpath
 import re
 import tarfile
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -19,19 +23,24 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from llava_batch.pipeline.io.read_stage import ReadSpec
+from llava_batch.pipeline.io.read_stage import ReadSpec, unique_id
 from llava_batch.pipeline.io.shards import Shard, shard_id_for
 from llava_batch.pipeline.io.storage import (
     PATTERN_CHARACTERS,
     StorageOptions,
+    broken_link,
     filesystem_for,
     fixed_prefix,
     join_uri,
+    list_tree,
     retry_io,
 )
 
 logger = logging.getLogger(__name__)
 
+# Tar shards, plain or gzip-compressed (decompressed as they stream, never to disk).
+TAR_EXTENSIONS = ("tar", "tar.gz", "tgz")
+COMPRESSED_TAR_EXTENSIONS = ("tar.gz", "tgz")
 # Priority order when a sample holds more than one image.
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # Binary payloads that are never turned into text fields.
@@ -126,21 +135,23 @@ def _has_glob(text: str) -> bool:
 
 
 def _list_relative(fs: pafs.FileSystem, root: str, uri: str, *, recursive: bool) -> list[str]:
-    selector = pafs.FileSelector(root, recursive=recursive)
-    listing = retry_io(lambda: fs.get_file_info(selector), f"listing {uri}")
-    return sorted(
-        posixpath.relpath(entry.path, root) for entry in listing if entry.type == pafs.FileType.File
-    )
+    return sorted(list_tree(fs, root, uri, recursive=recursive))
 
 
-def resolve_input_files(input_uri: str, options: StorageOptions, extension: str) -> tuple[str, list[str]]:
-    """(root URI, relative paths) of the `.{extension}` files an input names, in plan order.
+def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
+    return path.lower().endswith(tuple("." + extension for extension in extensions))
+
+
+def resolve_input_files(
+    input_uri: str, options: StorageOptions, extensions: tuple[str, ...]
+) -> tuple[str, list[str]]:
+    """(root URI, relative paths) of the files with one of `extensions` that an input names, in plan order.
 
     The input is a folder or prefix (listed recursively, sorted, hidden files skipped), a single file, or a
     pattern with braces and/or globs (expansion order; each glob's matches sorted). A brace-expanded name that
     does not exist raises FileNotFoundError listing the first few missing names.
     """
-    wanted = "." + extension.lower()
+    wanted = "/".join("." + extension for extension in extensions)
     if not any(char in input_uri for char in PATTERN_CHARACTERS):
         fs, path = filesystem_for(input_uri, options)
         info = retry_io(lambda: fs.get_file_info(path), f"looking up {input_uri}")
@@ -154,7 +165,7 @@ def resolve_input_files(input_uri: str, options: StorageOptions, extension: str)
         found = [
             relative
             for relative in _list_relative(fs, path, input_uri, recursive=True)
-            if relative.lower().endswith(wanted) and not is_hidden(relative)
+            if has_extension(relative, extensions) and not is_hidden(relative)
         ]
         if not found:
             raise FileNotFoundError(f"input {input_uri!r}: no {wanted} files under that prefix")
@@ -176,7 +187,7 @@ def resolve_input_files(input_uri: str, options: StorageOptions, extension: str)
         if _has_glob(name):
             for relative in listing:
                 if (
-                    relative.lower().endswith(wanted)
+                    has_extension(relative, extensions)
                     and not is_hidden(relative)
                     and _glob_match(name, relative)
                 ):
@@ -223,7 +234,7 @@ def plan_webdataset_shards(
     input_uri: str, options: StorageOptions, *, limit: int | None = None
 ) -> list[Shard]:
     """One shard per tar; `limit` counts samples from tar headers only (no image data is read)."""
-    root, tars = resolve_input_files(input_uri, options, "tar")
+    root, tars = resolve_input_files(input_uri, options, TAR_EXTENSIONS)
     fs, root_path = filesystem_for(root, options)
 
     def count_samples(relative: str) -> int:
@@ -232,7 +243,7 @@ def plan_webdataset_shards(
         def count() -> int:
             # Unbuffered: tarfile reads each 512-byte header and seeks past the data, one small read each.
             with fs.open_input_file(path) as handle:
-                scan = _scan_tar(handle, read_data=False)
+                scan = _scan_tar(handle, read_data=False, compressed=is_compressed(relative))
             # A broken tar still gives one row: its error row.
             return len(scan.samples) + (scan.failure is not None)
 
@@ -246,6 +257,10 @@ def plan_webdataset_shards(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def is_compressed(relative: str) -> bool:
+    return has_extension(relative, COMPRESSED_TAR_EXTENSIONS)
+
+
 def sample_key(member_name: str) -> tuple[str, str] | None:
     """(key, extension) by the WebDataset rule: the key runs to the first dot of the basename; None for
     members that are not part of a sample (hidden, or with no extension)."""
@@ -257,44 +272,151 @@ def sample_key(member_name: str) -> tuple[str, str] | None:
     return posixpath.join(folder, stem), extension.lower()
 
 
+def is_metadata(member_name: str) -> bool:
+    """Members that are no one's input: WebDataset's own `__key__`-style files and macOS folder metadata."""
+    base = posixpath.basename(member_name)
+    return base.startswith("__") or base == ".DS_Store" or base.startswith("._")
+
+
+@dataclass
+class TarSample:
+    """One row's members (extension -> bytes, or b"" when data was not read); `problem` makes it an error row
+    (a member that belongs to no sample, a key seen before)."""
+
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    problem: str | None = None
+
+
 @dataclass
 class TarScan:
-    """Samples of a tar in tar order (extension -> bytes, or b"" when data was not read), and why the scan
-    stopped early, if it did. Samples listed are complete: the one being read at a break is dropped."""
+    """Rows of a tar in tar order, and why the scan stopped early, if it did. Samples listed are complete:
+    one that may have members past a break is dropped and named in `lost_key`. `skipped` counts members
+    left out on purpose (folders, links, metadata) by reason."""
 
-    samples: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    samples: list[TarSample] = field(default_factory=list)
     failure: str | None = None
     lost_key: str | None = None
+    skipped: Counter = field(default_factory=Counter)
+    reading: TarSample | None = None  # the sample whose member data is being read
 
 
-def _scan_tar(handle: Any, *, read_data: bool) -> TarScan:
-    """Walk a tar from a seekable file; corruption ends the scan, OSErrors propagate (to be retried)."""
+def _scan_tar(handle: Any, *, read_data: bool, compressed: bool = False) -> TarScan:
+    """Walk a tar from a seekable file; corruption ends the scan, OSErrors of the store propagate (retried)."""
     scan = TarScan()
+    next_name = None
     try:
-        with tarfile.open(fileobj=handle, mode="r:") as tar:
+        # GzipFile as it is: a wider buffer on top would, at a cut, lose with its failed read the complete
+        # samples it had already decompressed. (Seeking back to the end-of-archive block stays inside the
+        # gzip buffer, except when that block straddles a refill: then that tar is decompressed once more.)
+        stream = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+        with tarfile.open(fileobj=stream, mode="r:") as tar:
+            positions: dict[str, int] = {}
             for member in tar:
-                key = sample_key(member.name) if member.isfile() else None
-                if key is None:
-                    continue
-                # Registered before its data is read, so a break inside the data marks this sample as lost.
-                members = scan.samples.setdefault(key[0], {})
-                extracted = tar.extractfile(member) if read_data else None
-                members[key[1]] = extracted.read() if extracted is not None else b""
+                _add_member(scan, tar, member, positions, read_data=read_data)
             # tarfile ends quietly at a truncated or garbled header after the first member; only the
             # end-of-archive block (512 zero bytes) tells a whole tar from one cut short at a member boundary.
-            handle.seek(tar.offset)
-            block = handle.read(tarfile.BLOCKSIZE)
+            stream.seek(tar.offset)
+            block = stream.read(tarfile.BLOCKSIZE)
             if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
+                next_name = _name_in_cut_header(block)
                 raise tarfile.ReadError(
                     f"no end-of-archive block at byte {tar.offset} (cut short or corrupt after a member)"
                 )
-    except (tarfile.TarError, EOFError, ValueError) as error:
+    except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, zlib.error) as error:
+        # BadGzipFile is an OSError, but a damaged file is not a store that is away: it must not be retried.
         scan.failure = f"{type(error).__name__}: {error}"
-        # The sample being read when the tar broke may have members past the break: never emit it half-read.
-        if scan.samples:
-            scan.lost_key = next(reversed(scan.samples))
-            del scan.samples[scan.lost_key]
+        scan.lost_key = _drop_unfinished(scan, next_name)
     return scan
+
+
+def _add_member(
+    scan: TarScan,
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    positions: dict[str, int],
+    *,
+    read_data: bool,
+) -> None:
+    name = member.name[2:] if member.name.startswith("./") else member.name
+    if not member.isfile():
+        scan.skipped["folders" if member.isdir() else "links and special members"] += 1
+        return
+    if is_metadata(name):
+        scan.skipped["metadata members (__*, .DS_Store, ._*)"] += 1
+        return
+    key = sample_key(name)
+    if key is None:  # a stray member (`README`, `.jpg`): a row of its own, saying why it is no sample
+        problem = f"tar member {name!r} belongs to no sample (WebDataset member names are <key>.<extension>)"
+        scan.samples.append(TarSample(name, problem=problem))
+        return
+    stem, extension = key
+    current = scan.samples[-1] if scan.samples else None
+    # A sample's members are adjacent: the same key further on (or the same member twice) is another sample.
+    # (A sample without members is a stray member's row.)
+    if current is None or not current.members or current.key != stem or extension in current.members:
+        current = _new_sample(scan, stem, positions)
+    # Registered before its data is read, so a break inside the data marks this sample as lost.
+    scan.reading = current
+    extracted = tar.extractfile(member) if read_data else None
+    current.members[extension] = extracted.read() if extracted is not None else b""
+    scan.reading = None
+
+
+def _new_sample(scan: TarScan, key: str, positions: dict[str, int]) -> TarSample:
+    position = len(scan.samples) + 1
+    problem = None
+    if key in positions:
+        problem = (
+            f"duplicate sample key {key!r}: sample {position} of the tar repeats sample {positions[key]} "
+            "(a sample's members must be adjacent)"
+        )
+    else:
+        positions[key] = position
+    sample = TarSample(key, problem=problem)
+    scan.samples.append(sample)
+    return sample
+
+
+def _name_in_cut_header(block: bytes) -> str | None:
+    """The member name in a header that the end of the file cut short, if the cut left it whole; None when it
+    cannot be known (nothing left, a whole but garbled header, a pax/GNU header that names the next one)."""
+    if not 0 < len(block) < tarfile.BLOCKSIZE or b"\0" not in block[:100]:
+        return None
+    typeflag = block[156:157]
+    if typeflag in (b"x", b"g", b"L", b"K"):
+        return None
+    try:
+        name = block[: block.index(b"\0")].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return name or None
+
+
+def _drop_unfinished(scan: TarScan, next_name: str | None) -> str | None:
+    """Drop the sample that may have members past the break; return the key where reading stopped.
+
+    The last sample is complete when the break came in the header of a member that belongs to another
+    sample (its name survived the cut), or when it is a stray member (a row of one member)."""
+    last = scan.samples[-1] if scan.samples else None
+    if last is None:
+        return None
+    if scan.reading is None and not last.members:
+        return _key_of(next_name)
+    if scan.reading is None and next_name is not None:
+        next_key = _key_of(next_name)
+        # Compare basenames: a ustar prefix (a folder) may have been cut from the name.
+        if posixpath.basename(next_key) != posixpath.basename(last.key):
+            return next_key
+    scan.samples.pop()
+    return last.key
+
+
+def _key_of(name: str | None) -> str | None:
+    if name is None:
+        return None
+    key = sample_key(name)
+    return name if key is None else key[0]
 
 
 def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:
@@ -306,24 +428,33 @@ def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec)
 
     def read() -> TarScan:
         with io.BufferedReader(fs.open_input_file(path), buffer_size=_READ_BUFFER_BYTES) as handle:
-            return _scan_tar(handle, read_data=True)
+            return _scan_tar(handle, read_data=True, compressed=is_compressed(relative))
 
+    link_problem = broken_link(fs, path)
     try:
-        scan = retry_io(read, f"reading {tar_uri}")
+        scan = TarScan(failure=link_problem) if link_problem else retry_io(read, f"reading {tar_uri}")
     except FileNotFoundError:
         scan = TarScan(failure="file disappeared between listing and reading")
     except OSError as error:
         scan = TarScan(failure=f"{type(error).__name__}: {error}")
+    if scan.skipped:
+        counts = ", ".join(f"{count} {reason}" for reason, count in sorted(scan.skipped.items()))
+        logger.info("%s: skipped %s", tar_uri, counts)
 
-    for key, members in scan.samples.items():
-        yield _sample_row(f"{relative}/{key}", f"{tar_uri}#{key}", members, spec)
+    used: set[str] = set()
+    for position, sample in enumerate(scan.samples, start=1):
+        sample_id = unique_id(f"{relative}/{sample.key}", position, used)
+        used.add(sample_id)
+        yield _sample_row(sample_id, f"{tar_uri}#{sample.key}", sample, spec)
     if scan.failure is not None:
         detail = ""
         if scan.lost_key is not None:
             detail = f" (after {len(scan.samples)} complete samples; lost from sample {scan.lost_key!r} on)"
+        elif scan.samples:
+            detail = f" (after {len(scan.samples)} complete samples)"
         logger.warning("cannot read tar %s: %s%s", tar_uri, scan.failure, detail)
         yield {
-            "id": relative,
+            "id": unique_id(relative, len(scan.samples) + 1, used),
             "source": tar_uri,
             "image_bytes": None,
             "fields": json.dumps({}),
@@ -332,14 +463,15 @@ def read_webdataset_shard(shard: Shard, options: StorageOptions, spec: ReadSpec)
         }
 
 
-def _sample_row(sample_id: str, source: str, members: dict[str, bytes], spec: ReadSpec) -> dict[str, Any]:
+def _sample_row(sample_id: str, source: str, sample: TarSample, spec: ReadSpec) -> dict[str, Any]:
+    members = sample.members
     fields: dict[str, Any] = {}
-    error = None
+    error = None if sample.problem is None else f"read: {sample.problem}"
     if "json" in members:
         try:
             parsed = json.loads(members["json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as problem:
-            error = f"read: bad JSON sidecar: {problem}"
+            error = error or f"read: bad JSON sidecar: {problem}"
         else:
             # A sidecar that is not an object (a list, a string) is kept whole under `json`.
             fields.update(parsed if isinstance(parsed, dict) else {"json": parsed})
