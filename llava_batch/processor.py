@@ -60,7 +60,7 @@ class Processor:
         from llava_batch.jobs.common import model_call_stages, resolve_gpus_per_replica
         from llava_batch.operators.prompts import expand_prompts
         from llava_batch.pipeline.run.ray_cluster import connect
-        from llava_batch.pipeline.run.stages import Stage, apply_stages, fit_cpu_shares, typed_output
+        from llava_batch.pipeline.run.stages import Stage, apply_stages, fit_cpu_shares
 
         config = self.config
         columns = dataset.columns()
@@ -100,7 +100,7 @@ class Processor:
         processed = apply_stages(dataset, stages)
         keep_prompt_id = len(config.prompt_specs()) > 1
         return processed.map_batches(
-            typed_output(to_caller_rows),
+            to_caller_rows,
             batch_format="numpy",
             zero_copy_batch=False,
             num_cpus=shares.read,
@@ -152,12 +152,26 @@ def to_pipeline_rows(batch: dict[str, np.ndarray], *, image_column: str, s3_endp
     return out
 
 
-def to_caller_rows(batch: dict[str, np.ndarray], *, keep_prompt_id: bool) -> dict[str, np.ndarray]:
-    """Back to the caller's columns, plus the results (and `prompt_id` when there are several prompts per row)."""
-    out = {name[len(USER_PREFIX) :]: values for name, values in batch.items() if name.startswith(USER_PREFIX)}
-    for name in RESULT_COLUMNS + (("prompt_id",) if keep_prompt_id else ()):
-        out[name] = batch[name]
-    return out
+def to_caller_rows(batch: dict[str, np.ndarray], *, keep_prompt_id: bool) -> Any:
+    """Back to the caller's columns (types inferred, as Ray Data would), plus the results with their declared
+    types (and `prompt_id` when there are several prompts per row)."""
+    import pyarrow as pa
+
+    from llava_batch.pipeline.run.columns import to_arrow
+
+    results = to_arrow(
+        {name: batch[name] for name in RESULT_COLUMNS + (("prompt_id",) if keep_prompt_id else ())}
+    )
+    table = pa.table(
+        {
+            name[len(USER_PREFIX) :]: pa.array([_plain(value) for value in values])
+            for name, values in batch.items()
+            if name.startswith(USER_PREFIX)
+        }
+    )
+    for name in results.column_names:
+        table = table.append_column(name, results[name])
+    return table
 
 
 def _plain(value: Any) -> Any:

@@ -23,9 +23,9 @@ def shape_rows(count: int = 4):
         {"uid": f"u{index}", "image": png_bytes(shot.images[0]), "prompt": shot.prompt, "id": 100 + index}
         for index, shot in enumerate(shots)
     ]
-    # HF datasets' image struct, and a list of one image, are image cells too.
-    rows[1]["image"] = {"bytes": rows[1]["image"], "path": "shape-1.png"}
-    rows[2]["image"] = [rows[2]["image"]]
+    # As HF `datasets` stores images: {bytes, path} structs (other cell kinds: test_processor_rows.py).
+    for index, row in enumerate(rows):
+        row["image"] = {"bytes": row["image"], "path": f"shape-{index}.png"}
     truth = {f"u{index}": shot.answer for index, shot in enumerate(shots)}
     return rows, truth
 
@@ -36,7 +36,8 @@ def test_processor_composes_with_the_callers_own_map_batches(tmp_path):
     context = ray.data.DataContext.get_current()
     before = (context.enable_progress_bars, context.execution_options.preserve_order)
     rows, truth = shape_rows()
-    rows.append({"uid": "broken", "image": b"<html>not an image</html>", "prompt": "?", "id": 999})
+    broken_image = {"bytes": b"<html>not an image</html>", "path": "page.html"}
+    rows.append({"uid": "broken", "image": broken_image, "prompt": "?", "id": 999})
     processor = llava_batch.build_processor(
         model="builtin:llava", prompt_column="prompt", max_new_tokens=16, batch_size=4
     )
@@ -60,7 +61,7 @@ def test_processor_composes_with_the_callers_own_map_batches(tmp_path):
     # The caller's columns come back as they were, whatever their names.
     assert [out[f"u{index}"]["id"] for index in range(4)] == [100, 101, 102, 103]
     assert [out[f"u{index}"]["before"] for index in range(4)] == [200, 202, 204, 206]
-    assert out["u1"]["image"] == {"bytes": rows[1]["image"]["bytes"], "path": "shape-1.png"}
+    assert out["u1"]["image"] == rows[1]["image"]
     assert out["u0"]["prompt"] == rows[0]["prompt"]
     broken = out["broken"]
     assert broken["error"].startswith("decode: not an image: starts with '<html")
