@@ -9,8 +9,7 @@ from typing import Any
 
 from llava_batch.pipeline.config import ConfigError, JobConfig, ModelSettings
 from llava_batch.pipeline.families import ModelInfo
-from llava_batch.pipeline.io.read_stage import ReadSpec
-from llava_batch.pipeline.io.shards import Shard, with_sample_ids
+from llava_batch.pipeline.io.shards import ReadSpec, Shard, with_sample_ids
 from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.stages import CpuShares, Stage

@@ -7,42 +7,21 @@ read becomes an error row (after the filesystem's own retries), never a missing 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from llava_batch.operators.batch import object_array
-from llava_batch.pipeline.io.shards import Shard
-from llava_batch.pipeline.io.storage import StorageOptions, broken_link, filesystem_for, join_uri, retry_io
+from llava_batch.pipeline.io.shards import ReadSpec, Shard
+from llava_batch.pipeline.io.storage import StorageOptions, join_uri
 
 logger = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("id", "source", "image_bytes", "fields", "error")
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    """How to turn a sample into a row; the defaults serve plain image folders."""
-
-    image_column: str | None = None  # parquet: column with image bytes, {bytes, path} structs or paths/URIs
-    id_column: str | None = None  # parquet: column holding a stable id (else file + row number)
-    keep_columns: tuple[str, ...] = ()  # fields carried to the output as columns
-    sample: float | None = None  # keep this fraction of samples, chosen by a seeded hash of the id
-    seed: int = 0
-    group_by: str | None = None  # 'folder' or a Parquet column: one row per group, its images in order
-    order_by: str | None = None  # Parquet: order a group's images by this column
-
-    def selected(self, sample_id: str) -> bool:
-        if self.sample is None:
-            return True
-        digest = hashlib.sha1(f"{self.seed}|{sample_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.sample
 
 
 def read_shards(
@@ -135,59 +114,6 @@ def _member_error(member: dict[str, Any]) -> str:
 
 
 def _read_one_shard(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:
-    if shard.kind == "images":
-        yield from read_image_files(shard, options)
-        return
-    if shard.kind == "webdataset":
-        from llava_batch.pipeline.io.formats.webdataset import read_webdataset_shard
+    from llava_batch.pipeline.io.formats import FORMATS
 
-        yield from read_webdataset_shard(shard, options, spec)
-        return
-    if shard.kind == "parquet":
-        from llava_batch.pipeline.io.formats.parquet import read_parquet_shard
-
-        yield from read_parquet_shard(shard, options, spec)
-        return
-    raise ValueError(f"unknown shard kind {shard.kind!r}")
-
-
-def unique_id(wanted: str, position: int, used: Container[str]) -> str:
-    """`wanted`, or `wanted#<position>` when a row of this shard already has that id (`used`: a repeated key),
-    so that the shard commits with every row."""
-    candidate = wanted
-    while candidate in used:
-        candidate = f"{wanted}#{position}"
-        position += 1_000_000  # only if even that is taken: still stable from run to run
-    return candidate
-
-
-def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str, Any]]:
-    """One row per image file; the id is the path relative to the input root."""
-    fs, root_path = filesystem_for(shard.root, options)
-    for relative in shard.members:
-        data, error = read_with_retries(fs, f"{root_path}/{relative}")
-        yield {
-            "id": relative,
-            "source": join_uri(shard.root, relative),
-            "image_bytes": None if data is None else [data],
-            "fields": json.dumps({"path": relative}),
-            "error": error,
-        }
-
-
-def read_with_retries(fs: Any, path: str) -> tuple[bytes | None, str | None]:
-    """(bytes, None) or (None, 'read: ...'); a store that is away is waited for (storage.retry_io) first."""
-    link_problem = broken_link(fs, path)
-    if link_problem is not None:
-        return None, f"read: {link_problem}"
-
-    def read() -> bytes:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
-
-    try:
-        return retry_io(read, f"reading {path}"), None
-    except FileNotFoundError:
-        return None, "read: file disappeared between listing and reading"
-    except OSError as error:
-        return None, f"read: {type(error).__name__}: {error}"
+    yield from FORMATS[shard.kind].read(shard, options, spec)

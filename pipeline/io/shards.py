@@ -2,7 +2,7 @@
 
 A shard's id is a hash of what it holds (and of any --limit/--sample selection), so re-planning the same input
 gives the same ids and a re-run skips the shards whose output file already exists. --limit is applied while
-planning (its shards are cut there); --sample only when the shard is read (readers.ReadSpec.selected), so its
+planning (its shards are cut there); --sample only when the shard is read (ReadSpec.selected), so its
 ids are derived after planning (`with_sample_ids`): a later full run must not take a sampled shard as done.
 """
 
@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
+from collections.abc import Container
 from dataclasses import dataclass, replace
-from itertools import groupby
-
-from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions, list_files
-
-INPUT_KINDS = ("images", "webdataset", "parquet")
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,35 @@ class Shard:
         )
 
 
+@dataclass(frozen=True)
+class ReadSpec:
+    """How to turn a sample into a row; the defaults serve plain image folders."""
+
+    image_column: str | None = None  # parquet: column with image bytes, {bytes, path} structs or paths/URIs
+    id_column: str | None = None  # parquet: column holding a stable id (else file + row number)
+    keep_columns: tuple[str, ...] = ()  # fields carried to the output as columns
+    sample: float | None = None  # keep this fraction of samples, chosen by a seeded hash of the id
+    seed: int = 0
+    group_by: str | None = None  # 'folder' or a Parquet column: one row per group, its images in order
+    order_by: str | None = None  # Parquet: order a group's images by this column
+
+    def selected(self, sample_id: str) -> bool:
+        if self.sample is None:
+            return True
+        digest = hashlib.sha1(f"{self.seed}|{sample_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.sample
+
+
+def unique_id(wanted: str, position: int, used: Container[str]) -> str:
+    """`wanted`, or `wanted#<position>` when a row of this shard already has that id (`used`: a repeated key),
+    so that the shard commits with every row."""
+    candidate = wanted
+    while candidate in used:
+        candidate = f"{wanted}#{position}"
+        position += 1_000_000  # only if even that is taken: still stable from run to run
+    return candidate
+
+
 def shard_id_for(members: tuple[str, ...], selection: str = "") -> str:
     """Stable id of a shard; `selection` (e.g. 'limit=10') keeps partial trial runs apart from full ones."""
     text = "\n".join(members) + (f"\n#{selection}" if selection else "")
@@ -65,47 +89,3 @@ def with_sample_ids(shards: list[Shard], sample: float | None, seed: int) -> lis
         return shards
     selection = f"sample={sample!r},seed={seed}"
     return [replace(shard, shard_id=shard_id_for((shard.shard_id,), selection)) for shard in shards]
-
-
-def plan_image_shards(
-    input_uri: str,
-    options: StorageOptions,
-    files_per_shard: int,
-    *,
-    limit: int | None = None,
-    whole_folders: bool = False,
-) -> list[Shard]:
-    """Image files under a prefix: per folder, sorted runs of `files_per_shard` files.
-
-    Chunking inside each folder keeps existing shards unchanged when a new folder (say, tonight's date)
-    appears, so an incremental re-run processes only the new shards. With `whole_folders` (--group-by folder:
-    a folder is one row) a folder is never split: consecutive folders are packed into shards of up to
-    `files_per_shard` files, and a larger folder is a shard of its own.
-    """
-    paths = list_files(input_uri, options, IMAGE_EXTENSIONS)
-    selection = ""
-    if limit is not None:
-        paths, selection = paths[:limit], f"limit={limit}"
-    if whole_folders:
-        return _pack_folders(input_uri, paths, files_per_shard, selection)
-    shards = []
-    for _, group in groupby(paths, key=posixpath.dirname):
-        files = list(group)
-        for start in range(0, len(files), files_per_shard):
-            chunk = tuple(files[start : start + files_per_shard])
-            shards.append(Shard(shard_id_for(chunk, selection), input_uri, chunk))
-    return shards
-
-
-def _pack_folders(input_uri: str, paths: list[str], files_per_shard: int, selection: str) -> list[Shard]:
-    shards: list[Shard] = []
-    chunk: list[str] = []
-    for _, group in groupby(paths, key=posixpath.dirname):
-        files = list(group)
-        if chunk and len(chunk) + len(files) > files_per_shard:
-            shards.append(Shard(shard_id_for(tuple(chunk), selection), input_uri, tuple(chunk)))
-            chunk = []
-        chunk.extend(files)
-    if chunk:
-        shards.append(Shard(shard_id_for(tuple(chunk), selection), input_uri, tuple(chunk)))
-    return shards

@@ -211,7 +211,7 @@ def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models, c
 
 
 def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path, tiny_models):
-    from llava_batch.pipeline.io.read_stage import ReadSpec
+    from llava_batch.pipeline.io.shards import ReadSpec
 
     folder = tmp_path / "in"
     names = write_images(folder, 8)

@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from llava_batch.pipeline.config import ConfigError
-from llava_batch.pipeline.io.shards import plan_image_shards, shard_id_for
+from llava_batch.pipeline.io.formats.images import plan_image_shards
+from llava_batch.pipeline.io.shards import shard_id_for
 from llava_batch.pipeline.io.storage import StorageOptions
 from llava_batch.pipeline.run.commit import (
     OUTPUT_SCHEMA,

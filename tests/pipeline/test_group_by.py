@@ -13,8 +13,8 @@ import pytest
 from llava_batch.jobs.caption import CaptionConfig
 from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.io.formats import plan_shards
-from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
-from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.read_stage import read_shards
+from llava_batch.pipeline.io.shards import ReadSpec, Shard, shard_id_for
 from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 

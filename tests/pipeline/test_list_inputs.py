@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from llava_batch.pipeline.io.formats import plan_shards
-from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
-from llava_batch.pipeline.io.shards import plan_image_shards
+from llava_batch.pipeline.io.formats.images import plan_image_shards
+from llava_batch.pipeline.io.read_stage import read_shards
+from llava_batch.pipeline.io.shards import ReadSpec
 from llava_batch.pipeline.io.storage import StorageOptions, list_files
 from tests.support.images import image_bytes
 

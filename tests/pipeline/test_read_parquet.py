@@ -16,8 +16,7 @@ from llava_batch.pipeline.io.formats.parquet import (
     plan_parquet_shards,
     read_parquet_shard,
 )
-from llava_batch.pipeline.io.read_stage import ReadSpec
-from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.shards import ReadSpec, Shard, shard_id_for
 from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 

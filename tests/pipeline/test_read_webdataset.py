@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from llava_batch.pipeline.io.formats.webdataset import (
-    expand_braces,
     plan_webdataset_shards,
     read_webdataset_shard,
     sample_key,
 )
-from llava_batch.pipeline.io.read_stage import ReadSpec, read_shards
-from llava_batch.pipeline.io.shards import Shard, shard_id_for
+from llava_batch.pipeline.io.listing import expand_braces
+from llava_batch.pipeline.io.read_stage import read_shards
+from llava_batch.pipeline.io.shards import ReadSpec, Shard, shard_id_for
 from llava_batch.pipeline.io.storage import StorageOptions
 from tests.support.images import image_bytes
 

@@ -1,42 +1,61 @@
-"""Which kind of input a URI holds (image files, WebDataset tars, Parquet tables) and its shard plan."""
+"""The input formats, in one table: FORMATS maps each `--input-format` name to how its shards are planned and read.
+
+A new format is one module in this folder with `plan(input_uri, options, *, files_per_shard, limit, group_by)`
+(its shards, with a ConfigError for settings it cannot honour) and `read(shard, options, spec)` (one row dict per
+sample: `id`, `source`, `image_bytes`, `fields`, `error`), plus one entry here. `--input-format auto` looks for the
+formats' file extensions in that order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
 from llava_batch.pipeline.config import ConfigError
-from llava_batch.pipeline.io.shards import Shard, plan_image_shards
+from llava_batch.pipeline.io.formats import images, parquet, webdataset
+from llava_batch.pipeline.io.shards import ReadSpec, Shard
 from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
 
-TABLE_EXTENSIONS = ("parquet",)
+
+@dataclass(frozen=True)
+class InputFormat:
+    extensions: tuple[str, ...]  # files that are this format's inputs (lower case, no dot)
+    plan: Callable[..., list[Shard]]
+    read: Callable[[Shard, StorageOptions, ReadSpec], Iterator[dict[str, Any]]]
+
+
+# Detection order: an input holding tars is WebDataset even if it also holds images (the tars' own members).
+FORMATS: dict[str, InputFormat] = {
+    "webdataset": InputFormat(webdataset.TAR_EXTENSIONS, webdataset.plan, webdataset.read),
+    "parquet": InputFormat(("parquet",), parquet.plan, parquet.read),
+    "images": InputFormat(IMAGE_EXTENSIONS, images.plan, images.read),
+}
+DEFAULT_FORMAT = "images"
 
 
 def detect_input_format(input_uri: str, options: StorageOptions) -> str:
-    """`webdataset` if the input holds tars (.tar, .tar.gz, .tgz), `parquet` if .parquet files, else `images`.
+    """The first format (FORMATS order) whose files the input holds, else image folders.
 
     Costs one listing of the prefix; pass --input-format to skip it on very large prefixes.
     """
-    from llava_batch.pipeline.io.formats.webdataset import TAR_EXTENSIONS
-
-    named = _format_of_name(input_uri.rstrip("}"), TAR_EXTENSIONS)  # a file, or a pattern of them
-    if named is not None:
+    named = format_of_name(input_uri.rstrip("}"))  # a file, or a pattern of them
+    if named is not None and named != DEFAULT_FORMAT:
         return named
     if any(char in input_uri for char in PATTERN_CHARACTERS):
         raise ConfigError(f"input: cannot tell the format of pattern {input_uri!r}; pass --input-format")
-    found = list_files(
-        input_uri, options, (*TAR_EXTENSIONS, *TABLE_EXTENSIONS, *IMAGE_EXTENSIONS), log_skipped=False
-    )
-    formats = {_format_of_name(path, TAR_EXTENSIONS) for path in found}
-    for kind in ("webdataset", "parquet"):
-        if kind in formats:
-            return kind
-    return "images"
+    every_extension = tuple(extension for kind in FORMATS.values() for extension in kind.extensions)
+    found = {
+        format_of_name(path) for path in list_files(input_uri, options, every_extension, log_skipped=False)
+    }
+    return next((name for name in FORMATS if name in found), DEFAULT_FORMAT)
 
 
-def _format_of_name(name: str, tar_extensions: tuple[str, ...]) -> str | None:
+def format_of_name(name: str) -> str | None:
     lowered = name.lower()
-    if lowered.endswith(tuple("." + extension for extension in tar_extensions)):
-        return "webdataset"
-    if lowered.endswith(tuple("." + extension for extension in TABLE_EXTENSIONS)):
-        return "parquet"
+    for format_name, kind in FORMATS.items():
+        if lowered.endswith(tuple("." + extension for extension in kind.extensions)):
+            return format_name
     return None
 
 
@@ -51,35 +70,7 @@ def plan_shards(
 ) -> tuple[str, list[Shard]]:
     """(the resolved input format, its shards in order)."""
     kind = detect_input_format(input_uri, options) if input_format == "auto" else input_format
-    check_group_by(kind, group_by)
-    if kind == "images":
-        whole_folders = group_by is not None
-        return kind, plan_image_shards(
-            input_uri, options, files_per_shard, limit=limit, whole_folders=whole_folders
-        )
-    if kind == "webdataset":
-        from llava_batch.pipeline.io.formats.webdataset import plan_webdataset_shards
-
-        return kind, plan_webdataset_shards(input_uri, options, limit=limit)
-    from llava_batch.pipeline.io.formats.parquet import plan_parquet_shards
-
-    return kind, plan_parquet_shards(input_uri, options, limit=limit)
-
-
-def check_group_by(kind: str, group_by: str | None) -> None:
-    """Which grouping each input kind supports; checked once the input's format is known, before Ray starts."""
-    from llava_batch.pipeline.config import GROUP_BY_FOLDER
-
-    if group_by is None:
-        return
-    if kind == "images" and group_by != GROUP_BY_FOLDER:
-        raise ConfigError(
-            f"group_by: image folders are grouped by 'folder' (one row per folder), got {group_by!r}"
-        )
-    if kind == "parquet" and group_by == GROUP_BY_FOLDER:
-        raise ConfigError("group_by: for Parquet input name the column whose equal values form one row")
-    if kind == "webdataset":
-        raise ConfigError(
-            "group_by: not supported for WebDataset input (a sample is already one row: put several images "
-            "in one sample, or use Parquet with a list column)"
-        )
+    shards = FORMATS[kind].plan(
+        input_uri, options, files_per_shard=files_per_shard, limit=limit, group_by=group_by
+    )
+    return kind, shards

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from llava_batch.pipeline.io.formats.webdataset import plan_limited, resolve_input_files
-from llava_batch.pipeline.io.read_stage import ReadSpec, unique_id
-from llava_batch.pipeline.io.shards import Shard
+from llava_batch.pipeline.config import GROUP_BY_FOLDER, ConfigError
+from llava_batch.pipeline.io.listing import plan_limited, resolve_input_files
+from llava_batch.pipeline.io.shards import ReadSpec, Shard, unique_id
 from llava_batch.pipeline.io.storage import StorageOptions, filesystem_for, join_uri, retry_io
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,19 @@ IMAGE_COLUMN_NAMES = (
     "uri",
 )
 _BATCH_ROWS = 1024
+
+
+def plan(
+    input_uri: str, options: StorageOptions, *, files_per_shard: int, limit: int | None, group_by: str | None
+) -> list[Shard]:
+    """One shard per file (`files_per_shard` does not apply: a file is read whole)."""
+    if group_by == GROUP_BY_FOLDER:
+        raise ConfigError("group_by: for Parquet input name the column whose equal values form one row")
+    return plan_parquet_shards(input_uri, options, limit=limit)
+
+
+def read(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict[str, Any]]:
+    return read_parquet_shard(shard, options, spec)
 
 
 def plan_parquet_shards(input_uri: str, options: StorageOptions, *, limit: int | None = None) -> list[Shard]:
