@@ -1,6 +1,6 @@
 """Driver memory must not grow with the dataset: peak RSS of the driver for a 10,000-row and a 100,000-row run.
 
-Run: python benchmarks/driver_memory.py --rows 10000 100000
+Run: python -m benchmarks.driver_memory --rows 10000 100000
 Each size runs in a fresh process (the driver) on local files with a tiny random-weight model, one output
 token per image; the driver reports its own peak RSS (ru_maxrss), which excludes Ray's worker processes.
 """
@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def write_images(folder: Path, rows: int) -> None:

@@ -1,6 +1,6 @@
 """Benchmark: the project's generation operator vs transformers.pipeline vs a per-image generate loop, on CPU.
 
-Run: python benchmarks/generation_vs_peers.py [--quick] [--batch-sizes 1 8 16] [--repeats 3] [--new-tokens 32]
+Run: python -m benchmarks.generation_vs_peers [--quick] [--batch-sizes 1 8 16] [--repeats 3] [--new-tokens 32]
      [--threads 1] [--prompts-per-image K]   (about 6 minutes on 2 shared cores; --quick: about 1 minute)
 
 `--prompts-per-image K` (default 1) asks each image K different questions, image-major, as a prompt set or
@@ -43,10 +43,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gpu_generation as shared  # noqa: E402  (the variants and report live there; it needs no Ray)
-
+from benchmarks import gpu_generation as shared  # noqa: E402  (the variants and report live there; it needs no Ray)
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 

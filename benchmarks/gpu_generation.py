@@ -2,15 +2,15 @@
 
 Run on a GPU machine (needs no network and no Ray; written for transformers >= 5.17 and torch >= 2.11, the stack
 of the lent GPU machines; its tiny configuration is checked on CPU with transformers 5.17 and 5.23):
-    python benchmarks/gpu_generation.py --json-out gpu_generation.json
-    python benchmarks/gpu_generation.py --families llava --batch-sizes 1 8 32 64 --dtype float16
+    python -m benchmarks.gpu_generation --json-out gpu_generation.json
+    python -m benchmarks.gpu_generation --families llava --batch-sizes 1 8 32 64 --dtype float16
 Run the CPU smoke test (a tiny model of the same shape; what tests/benchmarks/test_gpu_script.py runs):
-    python benchmarks/gpu_generation.py --config tiny
+    python -m benchmarks.gpu_generation --config tiny
 Add --quick for one repeat and fewer images; --prompts-per-image K asks every image K questions (rows are then
 (image, prompt) pairs, and "images" in the report count rows), where the operator prefills each image once;
 --varied-lengths lets rows stop at different lengths (at most --new-tokens), where the operator's continuous
 batching refills the slots of finished rows and `generate` decodes every batch to its longest row:
-    python benchmarks/gpu_generation.py --families llava --batch-sizes 32 64 --varied-lengths --min-images 256
+    python -m benchmarks.gpu_generation --families llava --batch-sizes 32 64 --varied-lengths --min-images 256
 
 For each family it builds a model with the REAL configuration of the checkpoint (written out below, no download)
 directly on the device in float16/bfloat16 with random weights, then measures, at each batch size:
@@ -53,8 +53,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -16,6 +16,14 @@ PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 
+# The lent GPU machines have no network to install the package: lay the checkout out as the installed package
+# is laid out (setup.py: pipeline/ -> llava_batch/pipeline, ...) with links, and import it from there.
+shim=$(mktemp -d)
+mkdir "$shim/llava_batch"
+for entry in llava_batch/*; do ln -s "$PWD/$entry" "$shim/llava_batch/"; done
+for folder in pipeline jobs operators training; do ln -s "$PWD/$folder" "$shim/llava_batch/$folder"; done
+export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -26,7 +34,7 @@ step() {  # step NAME SECONDS ARGS...: one benchmark run, its output in $OUT/NAM
     local name=$1 limit=$2
     shift 2
     echo "== $name (limit ${limit} s)"
-    timeout "$limit" "$PYTHON" benchmarks/gpu_generation.py "$@" --json-out "$OUT/$name.json" 2>&1 |
+    timeout "$limit" "$PYTHON" -m benchmarks.gpu_generation "$@" --json-out "$OUT/$name.json" 2>&1 |
         tee "$OUT/$name.txt"
     local status=${PIPESTATUS[0]}
     [ "$status" -eq 0 ] || echo "== $name ended with status $status (124: over its time limit)"

@@ -1,6 +1,6 @@
 """Benchmark 4: share of padded prompt tokens with and without length grouping, LLaVA-NeXT, mixed aspect ratios.
 
-Run: python benchmarks/padding_share.py [--images 400] [--batch-size 8] [--window 4]
+Run: python -m benchmarks.padding_share [--images 400] [--batch-size 8] [--window 4]
 Prompt lengths come from a real-size LLaVA-NeXT processor (CLIP 336 px, patch 14, the llava-v1.6 anyres
 pinpoints), built offline; image sizes are drawn from common photo shapes. The generate calls are planned exactly
 as the model replicas plan them (llava_batch.operators.generation.length_grouping), so the shares are those the pipeline would pad.
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # llava-hf/llava-v1.6-mistral-7b-hf: image_grid_pinpoints
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]

@@ -1,6 +1,6 @@
 """Benchmark 2: the whole pipeline (Ray Data, S3 on SeaweedFS, Parquet) vs the same work in one process, no Ray.
 
-Run: python benchmarks/pipeline_vs_single_process.py [--images 40] [--repeats 2] [--new-tokens 8]
+Run: python -m benchmarks.pipeline_vs_single_process [--images 40] [--repeats 2] [--new-tokens 8]
      (about 6-7 minutes on 2 shared cores)
 
 Both variants read the same 640x480 JPEGs from a SeaweedFS bucket on 127.0.0.1, caption them with the CPU-sized
@@ -42,12 +42,10 @@ import pyarrow.parquet as pq
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu_generation as shared  # noqa: E402  (synthetic JPEGs, median)
 from generation_vs_peers import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
 
+from benchmarks import gpu_generation as shared  # noqa: E402  (synthetic JPEGs, median)
 from llava_batch.operators.batch import object_array  # noqa: E402
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark: CPU preprocessing images/s per core by family, PreprocessForModel vs the HF processor alone.
 
-Run: python benchmarks/preprocess_throughput.py [--quick] [--images 48] [--sizes 640x480 1920x1080] [--repeats 3]
+Run: python -m benchmarks.preprocess_throughput [--quick] [--images 48] [--sizes 640x480 1920x1080] [--repeats 3]
 
 Processors are the real-size ones, built offline (no model weights needed): CLIP 336 px for llava and vipllava,
 LLaVA-NeXT anyres 336 px with the llava-v1.6 pinpoints, SigLIP 384 px for llava_interleave; the tokenizer is the
@@ -34,10 +34,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gpu_generation as shared  # noqa: E402  (processors and synthetic images live there; it needs no Ray)
-
+from benchmarks import gpu_generation as shared  # noqa: E402  (processors and synthetic images live there; it needs no Ray)
 from llava_batch.operators.batch import object_array  # noqa: E402
 from llava_batch.operators.chat_template import render_prompt, user_turn  # noqa: E402
 from llava_batch.operators.decode import decode_image  # noqa: E402

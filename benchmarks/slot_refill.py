@@ -1,6 +1,6 @@
 """Benchmark: how full the continuous-batching slots stay, and at what speed, by refill rule and length window.
 
-Run: python benchmarks/slot_refill.py [--batch-size 8] [--images 64] [--new-tokens 128] [--windows 4 8]
+Run: python -m benchmarks.slot_refill [--batch-size 8] [--images 64] [--new-tokens 128] [--windows 4 8]
      [--refill-fractions 0.25 0]   (about 8 minutes on 2 shared cores with the defaults)
 
 The operator alone (PreprocessForModel + Generate, as in generation_vs_peers.py: the same CPU-sized random
@@ -22,12 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import generation_vs_peers as peers  # noqa: E402
-import gpu_generation as shared  # noqa: E402
-
 import llava_batch.operators.generation.continuous_batching as continuous  # noqa: E402
+from benchmarks import generation_vs_peers as peers  # noqa: E402
+from benchmarks import gpu_generation as shared  # noqa: E402
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 

@@ -3,18 +3,15 @@ time with one new token, measured on the same rows with the real operator."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import generation_vs_peers as peers  # noqa: E402
-import gpu_generation as shared  # noqa: E402
-
+from benchmarks import generation_vs_peers as peers  # noqa: E402
+from benchmarks import gpu_generation as shared  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 
 

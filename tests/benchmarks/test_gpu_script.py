@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_generation.py"
 FAMILIES = ("llava", "llava_next", "llava_interleave")
 BATCH_SIZES = (1, 4)
 
@@ -32,11 +31,22 @@ def run_script(tmp: Path, *options: str) -> dict[str, Any]:
     report_path = tmp / "report.json"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(no_ray), os.environ.get("PYTHONPATH")])),
+        # The checkout's root, so that `-m benchmarks.gpu_generation` resolves wherever the test runs from.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(no_ray), str(ROOT), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    command = [sys.executable, str(SCRIPT), "--config", "tiny", "--device", "cpu", "--repeats", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_generation",
+        "--config",
+        "tiny",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+    ]
     command += [*options, "--json-out", str(report_path)]
     completed = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]

@@ -7,15 +7,10 @@ with known numbers, and its parsing on the summary line the pipeline prints.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import pipeline_vs_single_process as bench  # noqa: E402
-
+from benchmarks import pipeline_vs_single_process as bench  # noqa: E402
 from llava_batch.pipeline.run.progress import replica_time_text  # noqa: E402
 
 
