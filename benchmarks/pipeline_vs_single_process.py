@@ -43,9 +43,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from generation_vs_peers import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
-
 from benchmarks import gpu_generation as shared  # noqa: E402  (synthetic JPEGs, median)
+from benchmarks.generation_vs_peers import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
 from llava_batch.operators.batch import object_array  # noqa: E402
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
@@ -92,7 +91,7 @@ def run_pipeline(
     ]
     command += ["--model", str(checkpoint), "--prompt", PROMPT, "--max-new-tokens", str(new_tokens)]
     command += ["--batch-size", str(BATCH), "--files-per-shard", str(BATCH), "--dtype", "float32"]
-    env = {**os.environ, **endpoint.env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **endpoint.env(), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     seconds = time.perf_counter() - started
@@ -111,7 +110,7 @@ def run_pipeline(
 def run_single_process_child(
     endpoint: S3Endpoint, checkpoint: Path, input_uri: str, output_uri: str, new_tokens: int
 ) -> Run:
-    command = [sys.executable, str(Path(__file__).resolve()), "--single-process-run"]
+    command = [sys.executable, "-m", "benchmarks.pipeline_vs_single_process", "--single-process-run"]
     command += [str(checkpoint), input_uri, output_uri, str(new_tokens)]
     env = {**os.environ, **endpoint.env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()

@@ -4,7 +4,8 @@ them; the settings come from the shared JobConfig."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from llava_batch.pipeline.config import ConfigError, JobConfig, ModelSettings
@@ -27,6 +28,8 @@ class JobSetup:
     input_format: str
     shards: list[Shard]
     resources: ClusterResources
+    # Files the listing left out, by extension (`{"mp4": 2, "txt": 1}`): in the manifest, so none goes unnoticed.
+    skipped_files: dict[str, int] = field(default_factory=dict)
 
     def manifest_extra(self, config: JobConfig) -> dict[str, Any]:
         from llava_batch.pipeline.families import model_provenance
@@ -34,6 +37,7 @@ class JobSetup:
         return {
             "config": config.to_dict(),
             "input_format": self.input_format,
+            "skipped_files": dict(self.skipped_files),
             "model": model_provenance(self.model),
         }
 
@@ -52,6 +56,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
     # Wrong credentials, a missing bucket or a store that is down: one line in seconds, not a minute of retries.
     check_store(config.input, options)
     check_store(config.output, options)
+    skipped: Counter = Counter()
     input_format, shards = plan_shards(
         config.input,
         options,
@@ -59,6 +64,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
         files_per_shard=config.files_per_shard,
         limit=config.limit,
         group_by=config.group_by,
+        skipped=skipped,
     )
     shards = with_sample_ids(shards, config.sample, config.seed)
     if not shards:
@@ -68,7 +74,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
         )
     resources = connect(config.address)
     configure_ray_data()
-    return JobSetup(options, model, input_format, shards, resources)
+    return JobSetup(options, model, input_format, shards, resources, dict(sorted(skipped.items())))
 
 
 def resolve_gpus_per_replica(config: ModelSettings, resources: ClusterResources) -> int:

@@ -98,11 +98,17 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 def list_files(
-    uri: str, options: StorageOptions, extensions: tuple[str, ...], *, log_skipped: bool = True
+    uri: str,
+    options: StorageOptions,
+    extensions: tuple[str, ...],
+    *,
+    log_skipped: bool = True,
+    skipped_out: Counter | None = None,
 ) -> list[str]:
     """Sorted relative paths of the files under `uri` whose extension is in `extensions` (case-insensitive).
 
-    Files with other extensions (videos, text, ...) are skipped, and one log line counts them by extension.
+    Files with other extensions (videos, text, ...) are skipped: one log line counts them by extension, and
+    `skipped_out` (for the manifest) gets the counts added.
     """
     fs, root = filesystem_for(uri, options)
     info = retry_io(lambda: fs.get_file_info(root), f"looking up {uri}")
@@ -122,6 +128,8 @@ def list_files(
     if skipped and log_skipped:
         noun = "non-image" if set(extensions) <= set(IMAGE_EXTENSIONS) else "other"
         logger.info("%s: skipped %s", uri, skipped_text(skipped, noun))
+    if skipped_out is not None:
+        skipped_out.update(skipped)
     return sorted(relative)
 
 

@@ -8,6 +8,7 @@ formats' file extensions in that order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +68,12 @@ def plan_shards(
     files_per_shard: int = 256,
     limit: int | None = None,
     group_by: str | None = None,
+    skipped: Counter | None = None,
 ) -> tuple[str, list[Shard]]:
-    """(the resolved input format, its shards in order)."""
+    """(the resolved input format, its shards in order); `skipped` gets the counts of files left out by
+    extension (image folders: videos, text files, ...)."""
     kind = detect_input_format(input_uri, options) if input_format == "auto" else input_format
     shards = FORMATS[kind].plan(
-        input_uri, options, files_per_shard=files_per_shard, limit=limit, group_by=group_by
+        input_uri, options, files_per_shard=files_per_shard, limit=limit, group_by=group_by, skipped=skipped
     )
     return kind, shards

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
@@ -26,14 +27,20 @@ from llava_batch.pipeline.io.storage import (
 
 
 def plan(
-    input_uri: str, options: StorageOptions, *, files_per_shard: int, limit: int | None, group_by: str | None
+    input_uri: str,
+    options: StorageOptions,
+    *,
+    files_per_shard: int,
+    limit: int | None,
+    group_by: str | None,
+    skipped: Counter | None = None,
 ) -> list[Shard]:
     if group_by is not None and group_by != GROUP_BY_FOLDER:
         raise ConfigError(
             f"group_by: image folders are grouped by 'folder' (one row per folder), got {group_by!r}"
         )
     return plan_image_shards(
-        input_uri, options, files_per_shard, limit=limit, whole_folders=group_by is not None
+        input_uri, options, files_per_shard, limit=limit, whole_folders=group_by is not None, skipped=skipped
     )
 
 
@@ -48,6 +55,7 @@ def plan_image_shards(
     *,
     limit: int | None = None,
     whole_folders: bool = False,
+    skipped: Counter | None = None,
 ) -> list[Shard]:
     """Image files under a prefix: per folder, sorted runs of `files_per_shard` files.
 
@@ -56,7 +64,7 @@ def plan_image_shards(
     a folder is one row) a folder is never split: consecutive folders are packed into shards of up to
     `files_per_shard` files, and a larger folder is a shard of its own.
     """
-    paths = list_files(input_uri, options, IMAGE_EXTENSIONS)
+    paths = list_files(input_uri, options, IMAGE_EXTENSIONS, skipped_out=skipped)
     selection = ""
     if limit is not None:
         paths, selection = paths[:limit], f"limit={limit}"

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,13 @@ _BATCH_ROWS = 1024
 
 
 def plan(
-    input_uri: str, options: StorageOptions, *, files_per_shard: int, limit: int | None, group_by: str | None
+    input_uri: str,
+    options: StorageOptions,
+    *,
+    files_per_shard: int,
+    limit: int | None,
+    group_by: str | None,
+    skipped: Counter | None = None,
 ) -> list[Shard]:
     """One shard per file (`files_per_shard` does not apply: a file is read whole)."""
     if group_by == GROUP_BY_FOLDER:

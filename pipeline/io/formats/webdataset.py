@@ -43,7 +43,13 @@ _READ_BUFFER_BYTES = 8 << 20
 
 
 def plan(
-    input_uri: str, options: StorageOptions, *, files_per_shard: int, limit: int | None, group_by: str | None
+    input_uri: str,
+    options: StorageOptions,
+    *,
+    files_per_shard: int,
+    limit: int | None,
+    group_by: str | None,
+    skipped: Counter | None = None,
 ) -> list[Shard]:
     """One shard per tar (`files_per_shard` does not apply: a tar is read whole)."""
     if group_by is not None:
