@@ -1,19 +1,25 @@
-"""Benchmark: CPU preprocessing images/s per core by family, PreprocessForModel vs the HF processor alone.
+"""Benchmark: CPU preprocessing images/s per core by family and photo size, with reduced and full JPEG decoding,
+beside the HF processor alone.
 
-Run: python -m benchmarks.preprocess_throughput [--quick] [--images 48] [--sizes 640x480 1920x1080] [--repeats 3]
+Run: python -m benchmarks.preprocess_throughput [--quick] [--images 48] [--sizes 640x480 1920x1080 4032x3024]
+     [--repeats 3]
 
 Processors are the real-size ones, built offline (no model weights needed): CLIP 336 px for llava and vipllava,
 LLaVA-NeXT anyres 336 px with the llava-v1.6 pinpoints, SigLIP 384 px for llava_interleave; the tokenizer is the
-offline BPE of llava_batch.pipeline.families.tiny_models. Inputs are synthetic photo-like JPEGs of each size.
-  - operator: PreprocessForModel on a batch of {image_bytes, prompt} rows: decode, chat template, processor,
-    packing (llava_batch.operators.tensor_codec) of every row;
+offline BPE of llava_batch.pipeline.families.tiny_models. Inputs are synthetic photo-like JPEGs (smooth gradients,
+flat shapes, noise; quality 90) of each size; larger sizes get fewer images (the same pixels per measurement).
+  - reduced: PreprocessForModel as jobs run it by default: JPEGs decoded at 1/2, 1/4 or 1/8 scale where the
+    processor's target size still fits (llava_batch.operators.preprocess.decode_min_size), then decode, chat
+    template, processor, packing (llava_batch.operators.tensor_codec) of every row;
+  - full: the same operator with exact_decode=True (every JPEG decoded in full);
   - processor: the HF processor called directly, one row at a time as the operator does, on the same images
-    already decoded and the same prompts already rendered.
+    already fully decoded and the same prompts already rendered (decoding not counted).
 Both run in this one process with one thread (torch, OpenMP), so images/s is per core; variants are interleaved
-within each repeat and the ratio is the median of per-repeat ratios. A breakdown of the operator's time per row
-(decode, render, processor, pack) and the bytes per image that travel from the CPU actors to the model replicas
-(the packed `model_inputs` as sent, uint8 pixels where the processor allows, against float32 and float16
-pixels, and the npz container's overhead) follow.
+within each repeat and ratios are medians of per-repeat ratios. `max/mean diff`: the largest and the mean difference
+of the uint8 pixel values the model receives, reduced against full decoding, over the measured images. A breakdown of the
+reduced operator's time per row (decode, render, processor, pack) and the bytes per image that travel from the
+CPU actors to the model replicas (the packed `model_inputs` as sent, uint8 pixels where the processor allows,
+against float32 and float16 pixels, and the npz container's overhead) follow.
 """
 
 from __future__ import annotations
@@ -60,15 +66,16 @@ class Case:
     family: str
     size: str
     operator: PreprocessForModel
+    exact_operator: PreprocessForModel
     batch: dict[str, np.ndarray]
     images: list[Any]  # decoded PIL images
     text: str  # the rendered prompt
     jpeg_bytes: float  # mean JPEG size
 
 
-def time_operator(case: Case) -> float:
+def time_operator(case: Case, operator: PreprocessForModel | None = None) -> float:
     began = time.perf_counter()
-    out = case.operator(case.batch)
+    out = (operator or case.operator)(case.batch)
     seconds = time.perf_counter() - began
     failed = [error for error in out["error"] if error is not None]
     if failed:
@@ -84,13 +91,29 @@ def time_processor(case: Case) -> float:
     return len(case.images) / (time.perf_counter() - began)
 
 
+def pixel_difference(case: Case) -> str:
+    """Largest difference of the pixel values the model receives, reduced against full decoding."""
+    reduced = case.operator(case.batch)["model_inputs"]
+    full = case.exact_operator(case.batch)["model_inputs"]
+    worst, means = 0.0, []
+    for one, other in zip(reduced, full):
+        a, b = unpack_arrays(one)["pixel_values"], unpack_arrays(other)["pixel_values"]
+        if a.shape != b.shape:
+            return f"shape {a.shape} != {b.shape}"
+        difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        worst, means = max(worst, float(difference.max())), [*means, float(difference.mean())]
+    return f"{worst:g}/{np.mean(means):.2f}"
+
+
 def operator_breakdown(case: Case) -> dict[str, float]:
     """Milliseconds per row for each step PreprocessForModel.preprocess_row takes, timed one by one."""
     processor = case.operator.processor
     totals = dict.fromkeys(("decode", "render", "processor", "pack"), 0.0)
     for payload in case.batch["image_bytes"]:
         t0 = time.perf_counter()
-        image = decode_image(payload, max_image_pixels=shared.MAX_IMAGE_PIXELS)
+        image = decode_image(
+            payload, max_image_pixels=shared.MAX_IMAGE_PIXELS, min_size=case.operator.decode_min_size
+        )
         t1 = time.perf_counter()
         text = render_prompt(processor, user_turn(PROMPT, 1))
         t2 = time.perf_counter()
@@ -143,8 +166,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--families", nargs="+", choices=list(SPECS), default=list(SPECS))
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(640, 480), (1920, 1080)])
-    parser.add_argument("--images", type=int, default=48, help="images per measurement")
+    parser.add_argument(
+        "--sizes", nargs="+", type=parse_size, default=[(640, 480), (1920, 1080), (4032, 3024)]
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=48,
+        help="images per measurement at 640x480 (fewer at larger sizes, at least 4)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 640x480 only, 4 images, 1 repeat")
@@ -156,27 +186,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def images_at(args: argparse.Namespace, width: int, height: int) -> int:
+    """The same pixels per measurement at every size: `--images` at 640x480, fewer (at least 4) above."""
+    return max(4, min(args.images, round(args.images * 640 * 480 / (width * height))))
+
+
 def build_cases(args: argparse.Namespace, work: Path) -> list[Case]:
     cases = []
+    inputs_by_size = {}
+    for width, height in args.sizes:
+        inputs = shared.write_inputs(
+            work / f"images-{width}x{height}",
+            images_at(args, width, height),
+            width=width,
+            height=height,
+            seed=args.seed,
+        )
+        images = [
+            decode_image(payload, max_image_pixels=shared.MAX_IMAGE_PIXELS) for payload in inputs.payloads
+        ]
+        inputs_by_size[(width, height)] = (inputs, images)
     for family in args.families:
         checkpoint = work / family
         shared.build_processor(SPECS[family]).save_pretrained(checkpoint)
         operator = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
+        exact_operator = PreprocessForModel(
+            str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS, exact_decode=True
+        )
         text = render_prompt(operator.processor, user_turn(PROMPT, 1))
-        for width, height in args.sizes:
-            inputs = shared.write_inputs(
-                work / f"images-{width}x{height}", args.images, width=width, height=height, seed=args.seed
-            )
+        for (width, height), (inputs, images) in inputs_by_size.items():
             batch = {
                 "id": object_array(inputs.ids),
                 "image_bytes": object_array(inputs.payloads),
                 "prompt": object_array([PROMPT] * len(inputs)),
             }
-            images = [
-                decode_image(payload, max_image_pixels=shared.MAX_IMAGE_PIXELS) for payload in inputs.payloads
-            ]
             jpeg_bytes = sum(len(payload) for payload in inputs.payloads) / len(inputs)
-            cases.append(Case(family, f"{width}x{height}", operator, batch, images, text, jpeg_bytes))
+            cases.append(
+                Case(family, f"{width}x{height}", operator, exact_operator, batch, images, text, jpeg_bytes)
+            )
     return cases
 
 
@@ -196,34 +243,42 @@ def main(argv: list[str] | None = None) -> int:
             time_operator(dataclasses.replace(case, batch={k: v[:2] for k, v in case.batch.items()}))
             time_processor(dataclasses.replace(case, images=case.images[:2]))
         rates: dict[tuple[str, str, str], list[float]] = {}
+        variants = ("reduced", "full", "processor")
         for repeat in range(args.repeats):
             for case in cases:
-                order = ("operator", "processor") if repeat % 2 == 0 else ("processor", "operator")
+                order = variants if repeat % 2 == 0 else variants[::-1]
                 for variant in order:
-                    rate = time_operator(case) if variant == "operator" else time_processor(case)
+                    if variant == "processor":
+                        rate = time_processor(case)
+                    else:
+                        rate = time_operator(
+                            case, case.operator if variant == "reduced" else case.exact_operator
+                        )
                     rates.setdefault((case.family, case.size, variant), []).append(rate)
             print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
+        differences = {(case.family, case.size): pixel_difference(case) for case in cases}
         breakdowns = {(case.family, case.size): operator_breakdown(case) for case in cases}
         sizes = {(case.family, case.size): transfer_sizes(case) for case in cases}
 
     print()
     header = (
-        f"{'family':17s} {'image':>9s} {'operator img/s':>14s} {'processor img/s':>15s} {'op/proc':>7s} "
+        f"{'family':17s} {'image':>9s} {'reduced img/s':>13s} {'full img/s':>10s} {'processor img/s':>15s} "
+        f"{'red/full':>8s} {'red/proc':>8s} {'max/mean diff':>13s} "
         f"{'decode ms':>9s} {'render ms':>9s} {'proc ms':>8s} {'pack ms':>8s}"
     )
     print(header)
     print("-" * len(header))
-    ratios = {}
+    speedups, ratios = {}, {}
     for case in cases:
         key = (case.family, case.size)
-        operator_rates = rates[(*key, "operator")]
-        processor_rates = rates[(*key, "processor")]
-        ratios[key] = shared.median([a / b for a, b in zip(operator_rates, processor_rates)])
+        reduced, full, processor = (rates[(*key, variant)] for variant in variants)
+        speedups[key] = shared.median([a / b for a, b in zip(reduced, full)])
+        ratios[key] = shared.median([a / b for a, b in zip(reduced, processor)])
         steps = breakdowns[key]
         print(
-            f"{case.family:17s} {case.size:>9s} {shared.median(operator_rates):14.1f} "
-            f"{shared.median(processor_rates):15.1f} {ratios[key]:7.2f} {steps['decode']:9.2f} "
-            f"{steps['render']:9.2f} {steps['processor']:8.2f} {steps['pack']:8.2f}"
+            f"{case.family:17s} {case.size:>9s} {shared.median(reduced):13.1f} {shared.median(full):10.1f} "
+            f"{shared.median(processor):15.1f} {speedups[key]:8.2f} {ratios[key]:8.2f} {differences[key]:>13s} "
+            f"{steps['decode']:9.2f} {steps['render']:9.2f} {steps['processor']:8.2f} {steps['pack']:8.2f}"
         )
     print()
     header = (
@@ -243,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     parts = [
-        f"{family}@{size} {shared.median(rates[(family, size, 'operator')]):.0f} img/s (x{ratio:.2f} of processor)"
+        f"{family}@{size} {shared.median(rates[(family, size, 'reduced')]):.1f} img/s "
+        f"(x{speedups[(family, size)]:.2f} of full decoding, x{ratio:.2f} of processor)"
         for (family, size), ratio in ratios.items()
     ]
     print("SUMMARY preprocess_throughput: operator per core " + "; ".join(parts))

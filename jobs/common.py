@@ -141,6 +141,7 @@ def model_call_stages(
             constructor_kwargs={
                 "model": config.model,
                 "max_image_pixels": config.max_image_pixels,
+                "exact_decode": config.exact_decode,
                 "fallback_chat_template": fallback_chat_template(model),
                 "trust_remote_code": config.trust_remote_code,
                 "visual_prompt_field": visual_prompt_field,

@@ -5,8 +5,8 @@
 
 The returned Dataset keeps every input column and adds `generated_text`, `num_input_tokens`, `num_output_tokens`,
 `finish_reason` and `error`. A row whose image cannot be read or decoded stays, with `error` set. Inside, the rows
-take the jobs' own path: operators.prompts, then the CPU preprocessing pool and the model replica pool of
-jobs.common.model_call_stages. Your columns travel under a private prefix, so a column of yours named `prompt`
+take the jobs' own path: llava_batch.operators.prompts, then the CPU preprocessing pool and the model replica pool of
+llava_batch.jobs.common.model_call_stages. Your columns travel under a private prefix, so a column of yours named `prompt`
 or `id` never meets the internal ones.
 """
 

@@ -5,12 +5,15 @@ messages, or a JSON string: a prompt already rendered, used verbatim), `fields` 
 annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`;
 drops `image_bytes` (unless a later model call needs them).
 Pixel values are packed as uint8 where the processor allows it (llava_batch.operators.pixel_transport), else as float32.
+JPEGs are decoded at a reduced scale that still leaves the processor's target size (`decode_min_size`) unless
+`exact_decode` is set.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ from llava_batch.operators.chat_template import (
     render_prompt,
     user_turn,
 )
-from llava_batch.operators.decode import ImageDecodeError, decode_image
+from llava_batch.operators.decode import ImageDecodeError, MinimumSize, decode_image
 from llava_batch.operators.model_source import resolve_model_source
 from llava_batch.operators.pixel_transport import (
     RAW_PIXEL_KWARGS,
@@ -66,13 +69,19 @@ class PreprocessForModel:
         visual_prompt_field: str | None = None,
         keep_image_bytes: bool = False,
         compact_pixels: bool = True,
+        exact_decode: bool = False,
     ) -> None:
         """`keep_image_bytes`: pass the encoded images on, for jobs that call the model again on the same
         images (instruct: questions first, then answers); by default they are dropped to keep blocks light.
 
         `compact_pixels`: send uint8 pixels for the model side to normalise (llava_batch.operators.pixel_transport) where
         this processor allows it; it switches itself off, with a warning, if the first row does not reproduce the
-        processor's float32 pixels exactly."""
+        processor's float32 pixels exactly.
+
+        `exact_decode`: decode every image in full; by default a JPEG is decoded at the smallest of the
+        decoder's scales that keeps the processor's target size (`decode_min_size`), pixels within a few
+        levels of the full decode after the processor's resize. Rows with a visual prompt always decode in
+        full (its coordinates are in pixels of the original image)."""
         self.keep_image_bytes = keep_image_bytes
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
@@ -88,6 +97,9 @@ class PreprocessForModel:
         self.pixel_table = pixel_table(image_processor) if compact_pixels and image_processor else None
         self.pads_after_normalising = pads_after_normalising(image_processor)
         self.compact_verified = False
+        self.decode_min_size = (
+            None if exact_decode or image_processor is None else decode_min_size(image_processor)
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, self.input_columns, stage="preprocess")
@@ -153,7 +165,12 @@ class PreprocessForModel:
         A `raw_prompt` is the model's whole prompt, already rendered: no chat template; it is tokenized by the same
         processor call as a rendered conversation (`processor(text=..., images=...)`, as the model docs do)."""
         payloads = list(image_bytes) if isinstance(image_bytes, (list, tuple, np.ndarray)) else [image_bytes]
-        images = [decode_image(payload, max_image_pixels=self.max_image_pixels) for payload in payloads]
+        # A visual prompt's coordinates and line width are in pixels of the original image: decode it in full.
+        min_size = self.decode_min_size if visual_prompt is None else None
+        images = [
+            decode_image(payload, max_image_pixels=self.max_image_pixels, min_size=min_size)
+            for payload in payloads
+        ]
         if visual_prompt is not None:
             annotations = visual_prompt if isinstance(visual_prompt, list) else [visual_prompt]
             for annotation in annotations:  # VipLLaVA marks regions of the (first) image
@@ -213,6 +230,50 @@ class PreprocessForModel:
             self.compact_verified = True
         arrays["pixel_values"] = pixels
         return arrays
+
+
+def decode_min_size(image_processor: Any) -> MinimumSize | None:
+    """The least (width, height) an image of a given displayed size must keep for `image_processor` to give
+    the same pixel grid as from the full image; None where the processor is not one this knows (decode in full).
+
+    CLIP-style (LLaVA, VipLLaVA): the shortest edge reaches the resize target and the centre crop. SigLIP-style
+    (LLaVA-Interleave): the fixed height and width. LLaVA-NeXT anyres: besides the base image, the largest size
+    the image takes in any of the `image_grid_pinpoints`, so the grid the processor picks does not change."""
+    size = getattr(image_processor, "size", None)
+    if not getattr(image_processor, "do_resize", False) or size is None:
+        return None
+    shortest_edge, height, width = (_size_field(size, key) for key in ("shortest_edge", "height", "width"))
+    if shortest_edge:
+        base = (shortest_edge, shortest_edge)
+    elif height and width:
+        base = (width, height)
+    else:
+        return None  # longest_edge, min/max pixels...: sizes this does not model
+    if any(
+        _size_field(size, key)
+        for key in ("longest_edge", "max_height", "max_width", "min_pixels", "max_pixels")
+    ):
+        return None
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop is not None:
+        base = (max(base[0], _size_field(crop, "width") or 0), max(base[1], _size_field(crop, "height") or 0))
+    pinpoints = [tuple(point) for point in getattr(image_processor, "image_grid_pinpoints", None) or []]
+
+    def min_size(image_width: int, image_height: int) -> tuple[int, int]:
+        wanted_width, wanted_height = base
+        for pin_height, pin_width in pinpoints:  # (height, width), as select_best_resolution reads them
+            scale = min(pin_width / image_width, pin_height / image_height)
+            # The tolerance keeps float noise (64 / 4032 * 4032 = 64.00000000000001) from asking for a pixel more.
+            wanted_width = max(wanted_width, math.ceil(image_width * scale - 1e-6))
+            wanted_height = max(wanted_height, math.ceil(image_height * scale - 1e-6))
+        return wanted_width, wanted_height
+
+    return min_size
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
 
 
 def _image_token(processor: Any) -> str:

@@ -86,7 +86,7 @@ class PromptSettings:
         return self.prompt_set or [PromptSpec("p0", self.prompt)]
 
     def prompt_stage_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of operators.prompts.expand_prompts."""
+        """The keyword arguments of llava_batch.operators.prompts.expand_prompts."""
         return {
             "prompts": [spec.to_dict() for spec in self.prompt_specs()],
             "prompt_column": self.prompt_column,

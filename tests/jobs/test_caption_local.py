@@ -62,7 +62,9 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     assert "rows written      6" in summary and "rows with errors  1 (decode: 1)" in summary
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["counts"]["rows_written"] == 6 and manifest["counts"]["errors_by_kind"] == {"decode": 1}
-    assert manifest["skipped_files"] == {"txt": 1}  # README.txt: not an input, but not silently ignored either
+    assert manifest["skipped_files"] == {
+        "txt": 1
+    }  # README.txt: not an input, but not silently ignored either
     # The model replicas' time: busy on batches, idle waiting for input, within the run's wall time.
     replicas = manifest["model_replicas"]
     assert replicas["replicas"] == 1

@@ -33,7 +33,7 @@ def test_every_flag_of_a_job_has_help(command, config_class):
     settable = [f.name for f in fields(config_class) if f.init]
     missing = [name for name in settable if not helps.get(name)]
     assert not missing, (
-        f"flags without help (declare the field with pipeline.config.setting(default, help)): {missing}"
+        f"flags without help (declare the field with llava_batch.pipeline.config.setting(default, help)): {missing}"
     )
     assert all(action.help for action in parser._actions), "every other option too (--config, --help)"
 
