@@ -119,10 +119,14 @@ class GenerationSettings:
         return kwargs
 
 
-def setting(default: Any, help: str) -> Any:
+def setting(default: Any, help: str, *, before_it_existed: Any = MISSING) -> Any:
     """A config field with its help text: the CLI's flags and help, the docs' table and the fingerprint all read
-    the fields, so a new setting is one line here."""
-    return field(default=default, metadata={"help": help})
+    the fields, so a new setting is one line here. `before_it_existed`: the behaviour of outputs made before the
+    setting was added, when that differs from its default (fingerprint_defaults)."""
+    metadata = {"help": help}
+    if before_it_existed is not MISSING:
+        metadata["before_it_existed"] = before_it_existed
+    return field(default=default, metadata=metadata)
 
 
 def post_init_next(instance: Any, cls: type) -> None:
@@ -180,6 +184,8 @@ class ModelSettings:
     exact_decode: bool = setting(
         False,
         "decode JPEGs in full; by default the decoder shrinks them 2-8x where the processor's target size still fits (about 10x faster for 12 MP photos, pixels within a few levels)",
+        # Outputs made before reduced decoding existed were decoded in full: a resume must not mix the two.
+        before_it_existed=True,
     )
     trust_remote_code: bool = setting(
         False, "allow the checkpoint's own Python code to run (off unless you turn it on)"
@@ -312,7 +318,9 @@ def fingerprint_defaults(config_class: type) -> dict[str, Any]:
     for f in fields(config_class):
         if not f.init or f.name in config_class.run_only_settings or f.name in REQUIRED_SETTINGS:
             continue
-        if f.default is not MISSING:
+        if "before_it_existed" in f.metadata:
+            defaults[f.name] = f.metadata["before_it_existed"]
+        elif f.default is not MISSING:
             defaults[f.name] = f.default
         elif f.default_factory is not MISSING:
             defaults[f.name] = f.default_factory()

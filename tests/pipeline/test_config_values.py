@@ -178,3 +178,9 @@ def test_a_changed_keep_columns_is_refused_on_resume_and_an_older_job_file_still
     with pytest.raises(ConfigError, match=r"changed: keep_columns\)"):
         check_job_identity(str(tmp_path), other, options, overwrite=False, defaults=defaults)
     check_job_identity(str(tmp_path), job_fingerprint(config), options, overwrite=False, defaults=defaults)
+
+
+def test_an_output_made_before_reduced_decoding_existed_counts_as_exact_decoding():
+    # Its rows were decoded in full: resuming it with reduced decoding would mix two kinds of rows.
+    assert fingerprint_defaults(CaptionConfig)["exact_decode"] is True
+    assert CaptionConfig(**BASE).exact_decode is False  # today's default stays reduced decoding
