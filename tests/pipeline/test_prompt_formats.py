@@ -1,4 +1,4 @@
-"""The prompt-format chat templates render exactly the strings the seed docs (shared/seeds/000-004) give."""
+"""The prompt-format chat templates render exactly the strings the HF transformers model docs (LLaVA, LLaVA-NeXT, VipLLaVA, LLaVA-Interleave) give."""
 
 from __future__ import annotations
 
