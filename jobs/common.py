@@ -165,6 +165,7 @@ def model_call_stages(
                 "group_by_length": config.length_window > 1,
                 "share_image_prefix": config.share_image_prefix,
                 "continuous_batching": config.continuous_batching,
+                "quantization": config.quantization,
             },
         ),
     ]

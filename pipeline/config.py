@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZATIONS = ("none", "8bit", "4bit")
 
 REQUIRED_SETTINGS = ("input", "output", "model")
 
@@ -160,6 +161,11 @@ class ModelSettings:
     )
     preprocess_workers: int = setting(1, "most CPU actors decoding and preprocessing images")
     dtype: str = setting("auto", "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU")
+    quantization: str = setting(
+        "none",
+        "load the replica's weights quantized with bitsandbytes: 8bit (LLM.int8) or 4bit (NF4, computing in "
+        "--dtype); none keeps --dtype (needs the bitsandbytes package: pip install llava-batch[quant])",
+    )
     attn_implementation: str = setting(
         "sdpa", "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)"
     )
@@ -196,8 +202,17 @@ class ModelSettings:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_attention_installed(self.attn_implementation)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        check_quantization_installed(self.quantization)
         for name in ("compile", "share_image_prefix", "continuous_batching", "trust_remote_code"):
             _check_type(name, getattr(self, name), bool)
+        if self.quantization != "none" and self.compile:
+            # transformers never compiles a bitsandbytes model (its quantizer is not `is_compileable`): --compile
+            # would silently give a static cache and no compiled step.
+            raise ConfigError(
+                f"quantization: {self.quantization!r} cannot run with --compile (transformers does not compile "
+                "bitsandbytes-quantized models); drop --compile or use --quantization none"
+            )
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
         post_init_next(self, ModelSettings)
 
@@ -338,6 +353,18 @@ def check_attention_installed(attn_implementation: str) -> None:
             "attn_implementation: 'flash_attention_2' needs the flash-attn package, which is not installed in "
             "this environment; install it (`pip install flash-attn`, on a CUDA machine, in the driver's and the "
             "workers' environment) or use --attn-implementation sdpa"
+        )
+
+
+def check_quantization_installed(quantization: str) -> None:
+    """8bit / 4bit need bitsandbytes in the driver's and the replicas' environment; refuse before Ray starts."""
+    import importlib.util
+
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"quantization: {quantization!r} needs the bitsandbytes package, which is not installed in this "
+            "environment; install it with `pip install llava-batch[quant]` (or `pip install bitsandbytes`) "
+            "or use --quantization none"
         )
 
 
