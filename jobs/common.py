@@ -140,6 +140,7 @@ def model_call_stages(
                 "trust_remote_code": config.trust_remote_code,
                 "visual_prompt_field": visual_prompt_field,
                 "keep_image_bytes": keep_image_bytes,
+                "video_frames": config.video_frames,
             },
         ),
         Stage(

@@ -11,12 +11,28 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from llava_batch.operators.decode import ImageDecodeError
+
 VIDEO_EXTENSIONS = ("mp4", "webm", "mov", "mkv", "avi")
 DEFAULT_VIDEO_FRAMES = 8
 
 
-class VideoDecodeError(ValueError):
-    """The bytes are not a usable video; the message is what lands in the row's `error`."""
+class VideoDecodeError(ImageDecodeError):
+    """The bytes are not a usable video; the message is what lands in the row's `error` (kind `decode`)."""
+
+
+# ISO-BMFF brands of still images (HEIF, AVIF), which share MP4's `ftyp` box.
+_STILL_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"})
+
+
+def is_video(data: bytes) -> bool:
+    """Whether bytes hold a video container, by their first bytes: MP4/MOV (`ftyp` box), Matroska/WebM (EBML
+    header) or AVI (RIFF `AVI `). Rows carry bytes without names, so the content decides."""
+    if len(data) < 12:
+        return False
+    if data[4:8] == b"ftyp":
+        return data[8:12] not in _STILL_IMAGE_BRANDS
+    return data[:4] == b"\x1a\x45\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
 
 
 @dataclass(frozen=True)

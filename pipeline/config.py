@@ -183,6 +183,9 @@ class ModelSettings:
     max_image_pixels: int = setting(
         64_000_000, "images with more pixels become error rows (decompression-bomb guard)"
     )
+    video_frames: int = setting(
+        8, "a video input shows the model this many frames, sampled uniformly over its duration (one turn)"
+    )
     trust_remote_code: bool = setting(
         False, "allow the checkpoint's own Python code to run (off unless you turn it on)"
     )
@@ -197,6 +200,7 @@ class ModelSettings:
         _check_range("length_window", self.length_window, 1, 64)
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
+        _check_range("video_frames", self.video_frames, 1, 256)
         if self.gpus_per_replica is not None:
             _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
         _check_choice("dtype", self.dtype, DTYPES)

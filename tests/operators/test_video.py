@@ -108,3 +108,35 @@ def test_a_file_without_a_video_stream_is_refused():
             container.mux(packet)
     with pytest.raises(VideoDecodeError, match="^no video stream in the file$"):
         sample_frames(buffer.getvalue(), num_frames=4, max_image_pixels=10**6)
+
+
+def test_a_video_row_is_n_frames_in_one_turn_of_the_interleave_model(tiny_models):
+    from llava_batch.operators.generation.replica import Generate
+    from llava_batch.operators.preprocess import PreprocessForModel
+    from llava_batch.operators.tensor_codec import unpack_arrays
+    from llava_batch.operators.video import is_video
+    from tests.support.images import image_bytes
+
+    model = str(tiny_models["llava_interleave"])
+    preprocess = PreprocessForModel(model, max_image_pixels=10**6, video_frames=4)
+    video = moving_square_video()
+    assert is_video(video) and is_video(moving_square_video(fmt="webm", codec="libvpx"))
+    assert not is_video(image_bytes(0, (40, 30)))
+    payloads = np.empty(3, dtype=object)
+    payloads[:] = [video, image_bytes(1, (40, 30)), moving_square_video()[:0]]
+    batch = {
+        "id": np.array(["video", "image", "empty"], dtype=object),
+        "image_bytes": payloads,
+        "prompt": np.array(["What happens?"] * 3, dtype=object),
+    }
+    out = preprocess(batch)
+    assert list(out["error"]) == [None, None, "decode: empty file (0 bytes)"]
+    assert list(out["num_frames"]) == [4, None, None]
+    assert list(out["frame_timestamps"]) == [[0.2, 0.7, 1.2, 1.7], None, None]
+    # Four frames' worth of image tokens: four times one image's.
+    assert out["num_image_tokens"][0] == 4 * out["num_image_tokens"][1] > 0
+    assert unpack_arrays(out["model_inputs"][0])["pixel_values"].shape[0] == 4
+    generate = Generate(model, generate_kwargs={"max_new_tokens": 3, "do_sample": False}, dtype="float32")
+    generated = generate(out)
+    assert [isinstance(text, str) for text in generated["generated_text"]] == [True, True, False]
+    assert generated["num_output_tokens"][0] >= 1
