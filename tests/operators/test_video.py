@@ -140,3 +140,14 @@ def test_a_video_row_is_n_frames_in_one_turn_of_the_interleave_model(tiny_models
     generated = generate(out)
     assert [isinstance(text, str) for text in generated["generated_text"]] == [True, True, False]
     assert generated["num_output_tokens"][0] >= 1
+
+
+def test_without_pyav_a_video_is_an_error_row_naming_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    with pytest.raises(VideoDecodeError) as error:
+        sample_frames(b"\x00\x00\x00\x18ftypisom" + bytes(64), num_frames=4, max_image_pixels=10**6)
+    assert str(error.value) == (
+        "the av package (PyAV) is needed to decode videos; pip install llava-batch[video]"
+    )
