@@ -146,6 +146,7 @@ def model_call_stages(
                 "trust_remote_code": config.trust_remote_code,
                 "visual_prompt_field": visual_prompt_field,
                 "keep_image_bytes": keep_image_bytes,
+                "video_frames": config.video_frames,
             },
         ),
         Stage(
@@ -171,6 +172,7 @@ def model_call_stages(
                 "group_by_length": config.length_window > 1,
                 "share_image_prefix": config.share_image_prefix,
                 "continuous_batching": config.continuous_batching,
+                "quantization": config.quantization,
             },
         ),
     ]

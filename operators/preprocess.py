@@ -1,9 +1,10 @@
 """CPU side of a model: decode images, render the chat prompt, run the family's processor, tokenize unpadded.
 
-Reads `image_bytes` (bytes, or a list of bytes for multi-image rows), `prompt`, optional `conversation` (JSON
-messages, or a JSON string: a prompt already rendered, used verbatim), `fields` (for a VipLLaVA `visual_prompt`
-annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`, `num_image_tokens`, `error`;
-drops `image_bytes` (unless a later model call needs them).
+Reads `image_bytes` (bytes of an image or a video, or a list of image bytes for multi-image rows), `prompt`,
+optional `conversation` (JSON messages, or a JSON string: a prompt already rendered, used verbatim), `fields` (for a
+VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`,
+`num_image_tokens`, `error` (and `num_frames`, `frame_timestamps` in batches holding a video); drops `image_bytes`
+(unless a later model call needs them).
 Pixel values are packed as uint8 where the processor allows it (llava_batch.operators.pixel_transport), else as float32.
 JPEGs are decoded at a reduced scale that still leaves the processor's target size (`decode_min_size`) unless
 `exact_decode` is set.
@@ -38,6 +39,7 @@ from llava_batch.operators.pixel_transport import (
     pixel_table,
 )
 from llava_batch.operators.tensor_codec import pack_arrays
+from llava_batch.operators.video import DEFAULT_VIDEO_FRAMES, is_video, sample_frames
 from llava_batch.operators.visual_prompt import draw_visual_prompt
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class PreprocessForModel:
         keep_image_bytes: bool = False,
         compact_pixels: bool = True,
         exact_decode: bool = False,
+        video_frames: int = DEFAULT_VIDEO_FRAMES,
     ) -> None:
         """`keep_image_bytes`: pass the encoded images on, for jobs that call the model again on the same
         images (instruct: questions first, then answers); by default they are dropped to keep blocks light.
@@ -81,8 +84,13 @@ class PreprocessForModel:
         `exact_decode`: decode every image in full; by default a JPEG is decoded at the smallest of the
         decoder's scales that keeps the processor's target size (`decode_min_size`), pixels within a few
         levels of the full decode after the processor's resize. Rows with a visual prompt always decode in
-        full (its coordinates are in pixels of the original image)."""
+        full (its coordinates are in pixels of the original image).
+
+        `video_frames`: a row whose bytes are a video (llava_batch.operators.video) shows the model that many frames,
+        sampled uniformly over its duration, as that many images in one turn; such a batch also gets `num_frames`
+        and `frame_timestamps` (seconds) per row."""
         self.keep_image_bytes = keep_image_bytes
+        self.video_frames = video_frames
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.max_image_pixels = max_image_pixels
         self.fallback_chat_template = fallback_chat_template
@@ -110,6 +118,7 @@ class PreprocessForModel:
         packed = np.full(size, None, dtype=object)
         num_input_tokens = np.full(size, None, dtype=object)
         num_image_tokens = np.full(size, None, dtype=object)
+        frame_timestamps = np.full(size, None, dtype=object)
         for index in range(size):
             if errors[index] is not None:
                 continue
@@ -126,6 +135,7 @@ class PreprocessForModel:
                     if self.visual_prompt_field
                     else None,
                 )
+                frame_timestamps[index] = arrays.pop("frame_timestamps", None)
             except ImageDecodeError as error:
                 errors[index] = f"decode: {error}"
                 continue
@@ -149,6 +159,11 @@ class PreprocessForModel:
             num_image_tokens=num_image_tokens,
             error=errors,
         )
+        if any(value is not None for value in frame_timestamps):
+            out["num_frames"] = np.array(
+                [None if value is None else len(value) for value in frame_timestamps], dtype=object
+            )
+            out["frame_timestamps"] = frame_timestamps
         return out
 
     def preprocess_row(
@@ -165,12 +180,19 @@ class PreprocessForModel:
         A `raw_prompt` is the model's whole prompt, already rendered: no chat template; it is tokenized by the same
         processor call as a rendered conversation (`processor(text=..., images=...)`, as the model docs do)."""
         payloads = list(image_bytes) if isinstance(image_bytes, (list, tuple, np.ndarray)) else [image_bytes]
+        timestamps = None
         # A visual prompt's coordinates and line width are in pixels of the original image: decode it in full.
         min_size = self.decode_min_size if visual_prompt is None else None
-        images = [
-            decode_image(payload, max_image_pixels=self.max_image_pixels, min_size=min_size)
-            for payload in payloads
-        ]
+        if len(payloads) == 1 and isinstance(payloads[0], bytes) and is_video(payloads[0]):
+            sampled = sample_frames(
+                payloads[0], num_frames=self.video_frames, max_image_pixels=self.max_image_pixels
+            )
+            images, timestamps = sampled.frames, sampled.timestamps
+        else:
+            images = [
+                decode_image(payload, max_image_pixels=self.max_image_pixels, min_size=min_size)
+                for payload in payloads
+            ]
         if visual_prompt is not None:
             annotations = visual_prompt if isinstance(visual_prompt, list) else [visual_prompt]
             for annotation in annotations:  # VipLLaVA marks regions of the (first) image
@@ -202,6 +224,8 @@ class PreprocessForModel:
             encoded = self.processor(text=[text], images=images, return_tensors="np")
             arrays = {name: np.asarray(value) for name, value in encoded.items() if name != "attention_mask"}
         arrays["input_ids"] = arrays["input_ids"][0].astype(np.int64)
+        if timestamps is not None:
+            arrays["frame_timestamps"] = timestamps
         return arrays
 
     def _compact_arrays(self, text: str, images: list[Any]) -> dict[str, np.ndarray] | None:

@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 INPUT_FORMATS = ("auto", "images", "webdataset", "parquet")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZATIONS = ("none", "8bit", "4bit")
 
 REQUIRED_SETTINGS = ("input", "output", "model")
 
@@ -164,6 +165,11 @@ class ModelSettings:
     )
     preprocess_workers: int = setting(1, "most CPU actors decoding and preprocessing images")
     dtype: str = setting("auto", "model dtype; auto = bfloat16 on GPUs that support it, float32 on CPU")
+    quantization: str = setting(
+        "none",
+        "load the replica's weights quantized with bitsandbytes: 8bit (LLM.int8) or 4bit (NF4, computing in "
+        "--dtype); none keeps --dtype (needs the bitsandbytes package: pip install llava-batch[quant])",
+    )
     attn_implementation: str = setting(
         "sdpa", "attention kernel: sdpa, eager, or flash_attention_2 (needs the flash-attn package)"
     )
@@ -187,6 +193,9 @@ class ModelSettings:
         # Outputs made before reduced decoding existed were decoded in full: a resume must not mix the two.
         before_it_existed=True,
     )
+    video_frames: int = setting(
+        8, "a video input shows the model this many frames, sampled uniformly over its duration (one turn)"
+    )
     trust_remote_code: bool = setting(
         False, "allow the checkpoint's own Python code to run (off unless you turn it on)"
     )
@@ -201,11 +210,14 @@ class ModelSettings:
         _check_range("length_window", self.length_window, 1, 64)
         _check_range("preprocess_workers", self.preprocess_workers, 1, 1024)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 2**40)
+        _check_range("video_frames", self.video_frames, 1, 256)
         if self.gpus_per_replica is not None:
             _check_range("gpus_per_replica", self.gpus_per_replica, 0, 64)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_attention_installed(self.attn_implementation)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        check_quantization_installed(self.quantization)
         for name in (
             "compile",
             "share_image_prefix",
@@ -214,6 +226,13 @@ class ModelSettings:
             "exact_decode",
         ):
             _check_type(name, getattr(self, name), bool)
+        if self.quantization != "none" and self.compile:
+            # transformers never compiles a bitsandbytes model (its quantizer is not `is_compileable`): --compile
+            # would silently give a static cache and no compiled step.
+            raise ConfigError(
+                f"quantization: {self.quantization!r} cannot run with --compile (transformers does not compile "
+                "bitsandbytes-quantized models); drop --compile or use --quantization none"
+            )
         self.generation = GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
         post_init_next(self, ModelSettings)
 
@@ -356,6 +375,18 @@ def check_attention_installed(attn_implementation: str) -> None:
             "attn_implementation: 'flash_attention_2' needs the flash-attn package, which is not installed in "
             "this environment; install it (`pip install flash-attn`, on a CUDA machine, in the driver's and the "
             "workers' environment) or use --attn-implementation sdpa"
+        )
+
+
+def check_quantization_installed(quantization: str) -> None:
+    """8bit / 4bit need bitsandbytes in the driver's and the replicas' environment; refuse before Ray starts."""
+    import importlib.util
+
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"quantization: {quantization!r} needs the bitsandbytes package, which is not installed in this "
+            "environment; install it with `pip install llava-batch[quant]` (or `pip install bitsandbytes`) "
+            "or use --quantization none"
         )
 
 

@@ -60,8 +60,10 @@ def load_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     device_map: dict[str, Any] | str | None = None,
+    quantization: str = "none",
 ) -> torch.nn.Module:
-    """Load once per actor; `device_map` comes from llava_batch.operators.generation.placement when a replica spans several GPUs."""
+    """Load once per actor; `device_map` comes from llava_batch.operators.generation.placement when a replica spans
+    several GPUs. `quantization` 8bit / 4bit loads the weights through bitsandbytes (`quantization_config`)."""
     from transformers import AutoModelForImageTextToText
 
     model = resolve_model_source(model)
@@ -71,14 +73,32 @@ def load_model(
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
     }
+    if quantization != "none":
+        kwargs["quantization_config"] = quantization_config(quantization, kwargs["dtype"])
     if device_map == "balanced":
         device_map = _balanced_over_visible_gpus(model, kwargs["dtype"], trust_remote_code)
+    if device_map is None and quantization != "none":
+        # bitsandbytes quantizes while loading onto a device map; a quantized model cannot be moved afterwards.
+        device_map = {"": torch.cuda.current_device()} if device_type == "cuda" else "cpu"
     if device_map is not None:
         kwargs["device_map"] = device_map
     loaded = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
     if device_map is None:
         loaded.to(device_type)
     return loaded.eval()
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes settings: LLM.int8 for 8bit; NF4 weights computing in the replica's dtype for 4bit."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
+    raise ValueError(f"quantization: {quantization!r} is not one of none, 8bit, 4bit")
 
 
 def _balanced_over_visible_gpus(model: str, dtype: torch.dtype, trust_remote_code: bool) -> dict[str, Any]:
@@ -177,8 +197,9 @@ class ReplicaClock:
     was waiting for input. The time after its last call is not counted; nothing was waiting for it then.
     """
 
-    def __init__(self, now: float | None = None) -> None:
+    def __init__(self, now: float | None = None, memory_bytes: int | None = None) -> None:
         self.replica_id = uuid.uuid4().hex[:12]
+        self.memory_bytes = memory_bytes  # the model's weights and buffers (`get_memory_footprint`)
         self.ready_at = time.monotonic() if now is None else now
         self.call_started = self.ready_at
         self.generate_s = 0.0
@@ -206,6 +227,7 @@ class ReplicaClock:
             "decode_steps": self.decode_steps,
             "decode_row_steps": self.decode_row_steps,
             "decode_slot_steps": self.decode_slot_steps,
+            "memory_bytes": self.memory_bytes,
         }
 
 
@@ -229,6 +251,7 @@ class Generate:
         compile: bool = False,
         share_image_prefix: bool = True,
         continuous_batching: bool = True,
+        quantization: str = "none",
     ) -> None:
         """`compile`: static KV cache and a compiled decoding step (see `use_static_cache_and_compile`).
 
@@ -240,7 +263,9 @@ class Generate:
 
         `continuous_batching`: the rows of a batch queue for `rows_per_call` decoding slots, and a row that stops
         frees its slot for the next (llava_batch.operators.generation.continuous_batching), where the decoding settings allow it; not
-        with `compile`, and not for calls whose rows share an image prefix (those save more by sharing it)."""
+        with `compile`, and not for calls whose rows share an image prefix (those save more by sharing it).
+
+        `quantization`: 8bit / 4bit weights through bitsandbytes (see `load_model`); not with `compile`."""
         from llava_batch.operators.preprocess import load_processor
 
         self.model_name = model
@@ -250,6 +275,7 @@ class Generate:
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             device_map=device_map,
+            quantization=quantization,
         )
         processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.tokenizer = processor.tokenizer
@@ -274,7 +300,8 @@ class Generate:
         self.eos_token_ids = set(stop_token_ids(config.eos_token_id, tokenizer_eos))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
-        self.clock = ReplicaClock()  # started last: loading the model is start-up, not waiting for input
+        # Started last: loading the model is start-up, not waiting for input.
+        self.clock = ReplicaClock(memory_bytes=int(self.model.get_memory_footprint()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idle_s = self.clock.start_call()

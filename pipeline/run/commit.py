@@ -149,6 +149,7 @@ class ReplicaTime:
     decode_row_steps: int = 0  # continuous batching: active rows summed over decoding steps ...
     decode_slot_steps: int = 0  # ... and slots summed over them
     replica_ids: set[str] = field(default_factory=set)
+    memory_bytes: dict[str, int] = field(default_factory=dict)  # per replica: its model's weights and buffers
 
     def add(self, table: pa.Table) -> None:
         if "_replica_stats" not in table.column_names:
@@ -164,6 +165,8 @@ class ReplicaTime:
             self.decode_row_steps += int(stats.get("decode_row_steps", 0))
             self.decode_slot_steps += int(stats.get("decode_slot_steps", 0))
             self.replica_ids.add(str(stats["replica"]))
+            if stats.get("memory_bytes") is not None:
+                self.memory_bytes[str(stats["replica"])] = int(stats["memory_bytes"])
 
     @property
     def idle_share(self) -> float:
@@ -183,6 +186,8 @@ class ReplicaTime:
             "decode_slots_filled": (
                 round(self.decode_row_steps / self.decode_slot_steps, 4) if self.decode_slot_steps else None
             ),
+            # The largest replica's model in memory (get_memory_footprint; what --quantization shrinks).
+            "model_memory_bytes": max(self.memory_bytes.values(), default=None),
         }
 
 

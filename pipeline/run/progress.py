@@ -98,12 +98,14 @@ def replica_time_text(replica_time: dict[str, Any] | None) -> str | None:
         return None
     saved = replica_time.get("image_prefills_saved", 0)
     filled = replica_time.get("decode_slots_filled")
+    memory = replica_time.get("model_memory_bytes")
     return (
         f"  model replicas    {replica_count_text(replica_time)}: busy {replica_time['busy_s']:.1f} s, "
         f"idle waiting for input {replica_time['idle_waiting_for_input_s']:.1f} s "
         f"({100 * replica_time['idle_share']:.1f}%)"
         + (f"; decoding slots {100 * filled:.0f}% filled" if filled is not None else "")
         + (f"; {saved} rows reused another row's image prefill" if saved else "")
+        + (f"; model {memory / 2**20:.1f} MiB per replica" if memory else "")
     )
 
 

@@ -163,6 +163,7 @@ def test_replica_time_is_summed_over_batches_and_not_written(tmp_path):
             "prefills_saved": 0,
             "decode_row_steps": 30,
             "decode_slot_steps": 40,
+            "memory_bytes": 878088,
         },
         {"replica": "a", "busy_s": 1.0, "idle_s": 0.0, "generate_s": 0.5},  # written before the field existed
     ]
@@ -178,6 +179,7 @@ def test_replica_time_is_summed_over_batches_and_not_written(tmp_path):
         "idle_share": 0.25,
         "image_prefills_saved": 4,
         "decode_slots_filled": 0.75,
+        "model_memory_bytes": 878088,
     }
     for shard_id in ("s1", "s2"):
         assert "_replica_stats" not in pq.read_table(tmp_path / part_name(shard_id)).schema.names

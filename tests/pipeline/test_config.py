@@ -151,3 +151,29 @@ def test_output_inside_the_input_through_a_symlink_is_refused(tmp_path):
     assert main([*argv, "--model", "/models/tiny"]) == 2
     # A sibling whose name starts like the input's is not inside it.
     CaptionConfig(**{**BASE, "input": str(images), "output": str(tmp_path / "images-captions")})
+
+
+def test_quantization_is_checked_and_counts_in_the_fingerprint(monkeypatch):
+    with pytest.raises(ConfigError, match="quantization: '3bit' is not one of none, 8bit, 4bit"):
+        CaptionConfig(**BASE, quantization="3bit")
+    with pytest.raises(ConfigError, match="quantization: '4bit' cannot run with --compile"):
+        CaptionConfig(**BASE, quantization="4bit", compile=True)
+    from llava_batch.pipeline.config import job_fingerprint
+
+    # 8-bit and 4-bit rows may differ from full precision: an output never mixes them.
+    assert job_fingerprint(CaptionConfig(**BASE, quantization="8bit"))["quantization"] == "8bit"
+    assert job_fingerprint(CaptionConfig(**BASE))["quantization"] == "none"
+
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError) as error:
+        CaptionConfig(**BASE, quantization="8bit")
+    assert str(error.value).startswith("quantization: '8bit' needs the bitsandbytes package")
+    assert "pip install llava-batch[quant]" in str(error.value)
+    assert CaptionConfig(**BASE).quantization == "none"  # the default needs nothing
