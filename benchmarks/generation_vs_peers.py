@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         checkpoint, parameters = build_checkpoint(Path(work) / "model", args.seed)
         operator = Generate(str(checkpoint), generate_kwargs={}, dtype="float32")
-        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
+        # The peers (transformers.pipeline, the per-image loop) decode images in full: the operator does too, so
+        # that outputs are compared on equal pixels and the timings measure generation, not decoding.
+        preprocess = PreprocessForModel(
+            str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS, exact_decode=True
+        )
         size_mb = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors")) / 1e6
         print(
             f"model: {parameters / 1e6:.0f} M parameters, {size_mb:.0f} MB float32 safetensors, built, saved and "
