@@ -10,6 +10,8 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from llava_batch.pipeline.run.stages import NodeResources
+
 logger = logging.getLogger(__name__)
 
 # Ray's worker processes inherit these; they keep a local Ray on loopback and out of the home directory.
@@ -35,6 +37,12 @@ class ClusterResources:
     cpus: float
     gpus: float
     local: bool
+    # Each live node's own CPUs and GPUs: a replica's CPU must come out of its GPU node, not the cluster's total.
+    nodes: tuple[NodeResources, ...] = ()
+
+    def node_list(self) -> list[NodeResources]:
+        """The nodes, or one node holding everything when they were not listed (a hand-made ClusterResources)."""
+        return list(self.nodes) or [NodeResources(self.cpus, self.gpus)]
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterResources:
@@ -64,7 +72,19 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
         signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
     return ClusterResources(
-        cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), local=not address
+        cpus=float(resources.get("CPU", 0)),
+        gpus=float(resources.get("GPU", 0)),
+        local=not address,
+        nodes=live_nodes(ray.nodes()),
+    )
+
+
+def live_nodes(nodes: list[dict]) -> tuple[NodeResources, ...]:
+    """`ray.nodes()` entries -> the live nodes' resources."""
+    return tuple(
+        NodeResources(float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+        for node in nodes
+        if node.get("Alive") and node.get("Resources")
     )
 
 
