@@ -88,6 +88,31 @@ def live_nodes(nodes: list[dict]) -> tuple[NodeResources, ...]:
     )
 
 
+def remote_address(address: str | None) -> bool:
+    """Whether an `--address` names a cluster whose nodes may be other machines (anything but this machine's
+    loopback; `auto` joins a cluster whose head runs here, but its workers may not)."""
+    if not address:
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(address if "://" in address else f"ray://{address}").hostname or ""
+    return host not in ("127.0.0.1", "localhost", "::1")
+
+
+def local_path_problem(name: str, uri: str | None) -> str | None:
+    """The warning for a job on a cluster that reads or writes `uri` on a local disk; None for a store every
+    node reaches (s3://, gs://, ...)."""
+    from llava_batch.pipeline.io.storage import is_local
+
+    if not uri or not is_local(uri):
+        return None
+    return (
+        f"{name}: {uri!r} is a path on a local disk, but the job runs on a cluster: every node that reads or "
+        "writes it must see the same files there (a shared filesystem), or rows fail as missing files; "
+        "use s3://bucket/prefix (with --s3-endpoint-url for a non-AWS store) to run on a cluster"
+    )
+
+
 def start_local_ray(num_cpus: int | None = None) -> None:
     """A private Ray on this machine: loopback only, its files in a temporary folder (removed by shutdown)."""
     import ray
