@@ -1,6 +1,6 @@
 """Benchmark: memory per replica and speed of `--quantization none / 8bit / 4bit` on CPU.
 
-Run: python benchmarks/quantization.py [--images 16] [--batch-size 8] [--new-tokens 32]
+Run: python -m benchmarks.quantization [--images 16] [--batch-size 8] [--new-tokens 32]
      (about 2 minutes on 2 shared cores with the defaults)
 
 The operator alone (PreprocessForModel + Generate, as in generation_vs_peers.py: the same CPU-sized random
@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import generation_vs_peers as peers  # noqa: E402
-import gpu_generation as shared  # noqa: E402
-
+from benchmarks import generation_vs_peers as peers  # noqa: E402
+from benchmarks import gpu_generation as shared  # noqa: E402
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 

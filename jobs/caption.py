@@ -16,7 +16,7 @@ from llava_batch.pipeline.io.storage import StorageOptions
 from llava_batch.pipeline.prompt_sets import PromptSettings
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.runner import JobPlan, JobResult, run_job
-from llava_batch.pipeline.run.stages import Stage, fit_cpu_shares
+from llava_batch.pipeline.run.stages import Stage, plan_cpu_shares
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,7 @@ def caption_stages(
     config: CaptionConfig, model: ModelInfo, resources: ClusterResources, options: StorageOptions
 ) -> list[Stage]:
     gpus = resolve_gpus_per_replica(config, resources)
-    shares = fit_cpu_shares(
-        resources.cpus, config.preprocess_workers, config.replicas.max, gpu_replicas=gpus > 0
-    )
+    shares = plan_cpu_shares(resources.node_list(), config.preprocess_workers, config.replicas.max, gpus)
     return [
         read_stage(config, options, shares),
         Stage(

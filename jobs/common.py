@@ -4,6 +4,7 @@ them; the settings come from the shared JobConfig."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from llava_batch.pipeline.io.shards import ReadSpec, Shard, with_sample_ids
 from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.stages import CpuShares, Stage
+
+logger = logging.getLogger(__name__)
 
 # Rows per preprocessing call: large enough to amortise the call, small enough to keep blocks light.
 PREPROCESS_BATCH_ROWS = 16
@@ -72,9 +75,22 @@ def set_up_job(config: JobConfig) -> JobSetup:
             f"input: nothing to read under {config.input!r} as {input_format} "
             f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
         )
+    warn_local_input(config)
     resources = connect(config.address)
     configure_ray_data()
     return JobSetup(options, model, input_format, shards, resources, dict(sorted(skipped.items())))
+
+
+def warn_local_input(config: JobConfig) -> None:
+    """Before joining a remote cluster: read tasks run on its nodes, where a file on this machine's disk is not.
+    (The output is written by this process, the driver, so a local output is fine.)"""
+    import os
+
+    from llava_batch.pipeline.run.ray_cluster import local_path_problem, remote_address
+
+    problem = local_path_problem("input", config.input)
+    if problem and remote_address(config.address or os.environ.get("RAY_ADDRESS")):
+        logger.warning("%s", problem)
 
 
 def resolve_gpus_per_replica(config: ModelSettings, resources: ClusterResources) -> int:

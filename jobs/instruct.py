@@ -108,7 +108,7 @@ def instruct_stages(
     """read -> prompt -> [preprocess -> generate] questions -> parse -> per turn [preprocess -> generate -> grow].
 
     Every model call is its own pair of actor pools; the CPU requests of all pools plus a read task fit the
-    cluster (llava_batch.pipeline.run.stages.fit_cpu_shares), else Ray Data can wait forever for a CPU (seen on 2 cores).
+    cluster (llava_batch.pipeline.run.stages.plan_cpu_shares), else Ray Data can wait forever for a CPU (seen on 2 cores).
     """
     # Imported here: the CLI imports this module for the config's flags, and these pull in torch.
     from llava_batch.jobs.common import model_call_stages, read_stage, resolve_gpus_per_replica
@@ -119,12 +119,12 @@ def instruct_stages(
     )
     from llava_batch.operators.parse_questions import explode_questions
     from llava_batch.operators.prompts import expand_prompts
-    from llava_batch.pipeline.run.stages import fit_cpu_shares
+    from llava_batch.pipeline.run.stages import plan_cpu_shares
 
     gpus = resolve_gpus_per_replica(config, resources)
     calls = config.turns + 1  # the question-writing call, then one per turn
-    shares = fit_cpu_shares(
-        resources.cpus, config.preprocess_workers * calls, config.replicas.max * calls, gpu_replicas=gpus > 0
+    shares = plan_cpu_shares(
+        resources.node_list(), config.preprocess_workers * calls, config.replicas.max * calls, gpus
     )
 
     def model_call(name: str, max_new_tokens: int, keep_image_bytes: bool) -> list[Stage]:

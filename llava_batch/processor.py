@@ -60,7 +60,7 @@ class Processor:
         from llava_batch.jobs.common import model_call_stages, resolve_gpus_per_replica
         from llava_batch.operators.prompts import expand_prompts
         from llava_batch.pipeline.run.ray_cluster import connect
-        from llava_batch.pipeline.run.stages import Stage, apply_stages, fit_cpu_shares
+        from llava_batch.pipeline.run.stages import Stage, apply_stages, plan_cpu_shares
 
         config = self.config
         columns = dataset.columns()
@@ -73,11 +73,11 @@ class Processor:
         gpus = resolve_gpus_per_replica(config, resources)
         # The caller's own map_batches tasks (1 CPU each by default) must still run beside full pools: on a small
         # machine, pools holding every CPU would starve the task that feeds them and the pipeline would hang.
-        shares = fit_cpu_shares(
-            resources.cpus,
+        shares = plan_cpu_shares(
+            resources.node_list(),
             config.preprocess_workers,
             config.replicas.max,
-            gpu_replicas=gpus > 0,
+            gpus,
             tasks_cpus=CALLER_TASK_CPUS,
         )
         stages = [

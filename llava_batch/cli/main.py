@@ -115,9 +115,15 @@ def run_job_file(path: str) -> int:
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    from llava_batch.cli.submit import submit
+    from llava_batch.cli.submit import RuntimeEnvOptions, parse_env_vars, submit
 
-    job_id = submit(args.config, args.address, ship_code=args.ship_code)
+    runtime_env = RuntimeEnvOptions(
+        file=args.runtime_env,
+        pip=tuple(args.pip or ()),
+        env_vars=parse_env_vars(args.env or []),
+        working_dir=args.working_dir,
+    )
+    job_id = submit(args.config, args.address, ship_code=args.ship_code, runtime_env=runtime_env)
     print(job_id)
     print(f"follow it with: {follow_up_commands(job_id, args.address)}", file=sys.stderr)
     return 0
@@ -160,7 +166,27 @@ def run_logs_command(args: argparse.Namespace) -> int:
     from llava_batch.cli.submit import job_logs
 
     check_job_id(args.job_id)
+    if args.follow:
+        from llava_batch.cli.submit import follow_logs
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        status = follow_logs(args.job_id, args.address, write)
+        print(f"llava-batch: job {args.job_id} ended {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
     sys.stdout.write(job_logs(args.job_id, args.address))
+    return 0
+
+
+def run_stop_command(args: argparse.Namespace) -> int:
+    from llava_batch.cli.submit import job_status, stop_job
+
+    check_job_id(args.job_id)
+    stopped = stop_job(args.job_id, args.address)
+    status, _ = job_status(args.job_id, args.address)
+    print(f"{args.job_id} {'stop requested' if stopped else 'had already ended'}: {status}")
     return 0
 
 
@@ -223,9 +249,37 @@ def add_cluster_commands(commands: Any) -> None:
     submit.add_argument(
         "--ship-code",
         action="store_true",
-        help="also send this checkout's code (pipeline, jobs, operators) instead of using the cluster's install",
+        help="build a wheel of this checkout (pip wheel --no-deps) and install it for the job (runtime_env pip), "
+        "over the cluster's own install",
+    )
+    submit.add_argument(
+        "--runtime-env",
+        metavar="FILE",
+        help="a Ray runtime_env as YAML or JSON (pip, env_vars, working_dir, ...)",
+    )
+    submit.add_argument(
+        "--pip",
+        action="append",
+        metavar="PACKAGE",
+        help="a pip requirement to install for the job (repeatable)",
+    )
+    submit.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an environment variable for the job (repeatable)",
+    )
+    submit.add_argument(
+        "--working-dir",
+        metavar="DIR",
+        help="a local folder shipped with the job (the job file is added to it)",
     )
     submit.set_defaults(handler=run_submit_command)
+
+    stop = commands.add_parser("stop", help="stop a submitted job (committed shards stay; re-submit resumes)")
+    stop.add_argument("job_id")
+    stop.add_argument("--address", help=address_help)
+    stop.set_defaults(handler=run_stop_command)
 
     status = commands.add_parser("status", help="status of a submitted job")
     status.add_argument("job_id")
@@ -237,6 +291,11 @@ def add_cluster_commands(commands: Any) -> None:
     logs = commands.add_parser("logs", help="output of a submitted job so far")
     logs.add_argument("job_id")
     logs.add_argument("--address", help=address_help)
+    logs.add_argument(
+        "--follow",
+        action="store_true",
+        help="stream new output until the job ends; exit 1 unless it SUCCEEDED",
+    )
     logs.set_defaults(handler=run_logs_command)
 
     schedule = commands.add_parser("schedule", help="run a job file on its `schedule:` (cron, UTC)")

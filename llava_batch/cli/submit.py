@@ -1,9 +1,12 @@
 """Run a job file on a Ray cluster through Ray's Job Submission API (the head's dashboard, `ray[default]`).
 
-The config travels in the job's runtime_env `working_dir` (a folder holding only `job.yaml`), so the cluster
-never needs the submitter's files. The package itself is expected on the cluster (cluster.yaml installs it on
-every node); `ship_code=True` also sends this checkout's `pipeline`, `jobs` and `operators` as `py_modules`,
-which take precedence over the installed copy (for trying a change without re-running `ray up`).
+The config travels in the job's runtime_env `working_dir` (a folder holding `job.yaml`, plus the caller's own
+working_dir if they gave one), so the cluster never needs the submitter's files. The package itself is expected
+on the cluster (cluster.yaml installs it on every node, an image does on Kubernetes); `ship_code=True` builds a
+wheel of this checkout (`pip wheel --no-deps`) and sends it in the working_dir as a `pip` dependency of the
+job's runtime_env, which Ray installs into a virtualenv over the cluster's packages (for trying a change
+without rebuilding the image or re-running `ray up`). A caller's runtime_env (a YAML/JSON file, pip packages,
+env vars) is merged in.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,8 +35,10 @@ logger = logging.getLogger(__name__)
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable Ray's own `ray job` CLI reads first
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 10.0
-SHIPPED_PACKAGES = ("pipeline", "jobs", "operators")
 CONFIG_NAME = "job.yaml"
+WHEELS_DIR = "wheels"
+# Ray puts the unpacked working_dir here before it installs the pip packages (ray._private.runtime_env.pip).
+WORKING_DIR_VAR = "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}"
 
 
 class ClusterUnreachable(RuntimeError):
@@ -99,23 +107,154 @@ def entrypoint_for(config_name: str = CONFIG_NAME) -> str:
     return " ".join(shlex.quote(part) for part in ("llava-batch", "run", "--config", config_name))
 
 
-def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bool = False) -> str:
+@dataclass(frozen=True)
+class RuntimeEnvOptions:
+    """What the caller adds to the job's runtime_env: a file, pip packages, env vars, a working_dir to ship."""
+
+    file: str | None = None
+    pip: tuple[str, ...] = ()
+    env_vars: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    ship_code: bool = False
+
+
+def load_runtime_env_file(path: str) -> dict[str, Any]:
+    """A runtime_env as YAML or JSON (JSON is YAML); ConfigError naming the file when it is not a mapping."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"runtime_env: cannot read {path!r} ({error.strerror or error})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"runtime_env: {path!r} is not valid YAML or JSON ({' '.join(str(error).split())})"
+        ) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"runtime_env: {path!r} must hold a mapping (working_dir, pip, env_vars, ...), not {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def parse_env_vars(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`NAME=VALUE` flags -> a dict; ConfigError for one without `=` or with an empty name."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"env: {pair!r} is not NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def build_runtime_env(staging: Path, options: RuntimeEnvOptions, wheel: Path | None = None) -> dict[str, Any]:
+    """The job's runtime_env: the caller's file, then their flags on top; the staging folder (job.yaml, the
+    caller's working_dir copied in, the shipped wheel) is the working_dir Ray uploads."""
+    runtime_env = load_runtime_env_file(options.file) if options.file else {}
+    # A working_dir is copied into the staging folder, which becomes the working_dir that Ray uploads.
+    working_dir = options.working_dir or runtime_env.pop("working_dir", None)
+    if working_dir is not None:
+        if "://" in str(working_dir):
+            raise ConfigError(
+                f"working_dir: {working_dir!r} is a remote URI; submit copies a local folder beside the job file "
+                "(pass a local folder, or put the remote one in py_modules)"
+            )
+        if not Path(working_dir).is_dir():
+            raise ConfigError(f"working_dir: {working_dir!r} is not a folder")
+        shutil.copytree(
+            working_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", "__pycache__")
+        )
+        if (staging / CONFIG_NAME).exists() and working_dir:
+            logger.warning("working_dir %s holds a %s; the job file replaces it", working_dir, CONFIG_NAME)
+    runtime_env["working_dir"] = str(staging)
+    pip = runtime_env.get("pip")
+    packages: list[str]
+    if pip is None:
+        packages, pip_options = [], {}
+    elif isinstance(pip, list):
+        packages, pip_options = list(pip), {}
+    elif isinstance(pip, dict):
+        packages = list(pip.get("packages", []))
+        pip_options = {key: value for key, value in pip.items() if key != "packages"}
+    else:
+        raise ConfigError(
+            f"runtime_env: pip must be a list of packages or a mapping with `packages`, not {pip!r}"
+        )
+    packages += list(options.pip)
+    if wheel is not None:
+        # The working_dir is unpacked before pip runs; the wheel's dependencies come from the cluster's packages
+        # (the virtualenv sees them) or, where missing, from the index.
+        packages.append(f"{WORKING_DIR_VAR}/{WHEELS_DIR}/{wheel.name}")
+    if packages:
+        runtime_env["pip"] = {"packages": packages, **pip_options} if pip_options else packages
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.update(options.env_vars)
+    if env_vars:
+        runtime_env["env_vars"] = {name: str(value) for name, value in env_vars.items()}
+    return runtime_env
+
+
+def build_wheel(destination: Path) -> Path:
+    """A wheel of this checkout (`pip wheel --no-deps`), written under `destination`."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise ConfigError(
+            f"ship_code: {root} is not a source checkout (no pyproject.toml); it ships an installed copy only"
+        )
+    destination.mkdir(parents=True, exist_ok=True)
+    # Without build isolation first (no download of the build backend); a setuptools too old to build wheels
+    # by itself (no `wheel` package) needs pip's isolated build, which fetches a current one.
+    errors = []
+    for isolation in (["--no-build-isolation"], []):
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            *isolation,
+            "--quiet",
+            "-w",
+            str(destination),
+        ]
+        done = subprocess.run([*command, str(root)], capture_output=True, text=True, check=False)
+        wheels = sorted(destination.glob("llava_batch-*.whl"))
+        if not done.returncode and wheels:
+            return wheels[-1]
+        errors.append(" ".join(done.stderr.split())[-300:])
+    raise ConfigError(f"ship_code: `pip wheel --no-deps` of {root} failed: {errors[-1]}")
+
+
+def submit(
+    config_path: str | os.PathLike,
+    address: str | None,
+    *,
+    ship_code: bool = False,
+    runtime_env: RuntimeEnvOptions | None = None,
+) -> str:
     """Validate the job file here, submit it, return the job id."""
     job_file = load_job_file(config_path)  # settings errors show up here, not on the cluster
-    client = job_client(address)
+    warn_local_paths(job_file.config)
+    options = runtime_env or RuntimeEnvOptions()
+    ship_code = ship_code or options.ship_code
     staging = Path(tempfile.mkdtemp(prefix="llava-batch-submit-"))
     try:
+        # Everything the caller gave is checked (and the wheel built) before the cluster is asked anything.
+        wheel = build_wheel(staging / WHEELS_DIR) if ship_code else None
+        env = build_runtime_env(staging, options, wheel)
         shutil.copyfile(job_file.path, staging / CONFIG_NAME)
-        runtime_env: dict[str, Any] = {"working_dir": str(staging)}
-        if ship_code:
-            root = Path(__file__).resolve().parents[1]
-            runtime_env["py_modules"] = [str(root / name) for name in SHIPPED_PACKAGES]
+        client = job_client(address)
         # Ray uploads working_dir during submit_job, so the staging folder can go right after.
         try:
             job_id = client.submit_job(
                 entrypoint=entrypoint_for(),
                 submission_id=f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-                runtime_env=runtime_env,
+                runtime_env=env,
                 metadata={"job": job_file.job, "config": job_file.path.name},
             )
         except RuntimeError as error:
@@ -126,6 +265,38 @@ def submit(config_path: str | os.PathLike, address: str | None, *, ship_code: bo
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("submitted %s as %s to %s", job_file.path, job_id, client.get_address())
     return job_id
+
+
+def warn_local_paths(config: Any) -> None:
+    """The job runs on the cluster: an input or output on this machine's disk is not there."""
+    from llava_batch.pipeline.run.ray_cluster import local_path_problem
+
+    for name in ("input", "output"):
+        problem = local_path_problem(name, getattr(config, name, None))
+        if problem:
+            logger.warning("%s", problem)
+
+
+def stop_job(job_id: str, address: str | None) -> bool:
+    """Ask Ray to stop a job; False when it had already ended."""
+    return bool(_for_job(job_id, address, lambda client: client.stop_job(job_id)))
+
+
+def follow_logs(job_id: str, address: str | None, write: Any) -> str:
+    """Stream a job's logs as they come (Ray's tail endpoint), then return its final status."""
+    import asyncio
+
+    client = job_client(address)
+    _for_job(
+        job_id, address, lambda client: client.get_job_info(job_id), client
+    )  # an unknown id: one clear line
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(tail())
+    return _name(_for_job(job_id, address, lambda client: client.get_job_status(job_id), client))
 
 
 def job_status(job_id: str, address: str | None) -> tuple[str, str]:

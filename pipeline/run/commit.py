@@ -154,9 +154,7 @@ class ReplicaTime:
     def add(self, table: pa.Table) -> None:
         if "_replica_stats" not in table.column_names:
             return
-        for value in table.column("_replica_stats").to_pylist():
-            if value is None:
-                continue
+        for value in pc.drop_null(table.column("_replica_stats")).to_pylist():
             stats = json.loads(value)
             self.busy_s += float(stats["busy_s"])
             self.idle_s += float(stats["idle_s"])
@@ -220,12 +218,14 @@ class ShardCommitter:
     def add(self, table: pa.Table) -> None:
         # Before the split by shard: a batch's stats ride on one row, whichever shard that row belongs to.
         self.stats.replicas.add(table)
-        shard_ids = table.column("shard_id").to_pylist()
-        expected = table.column("shard_rows").to_pylist()
+        shard_column = table.column("shard_id")
         per_input = "input_rows" in table.column_names
-        for shard_id in dict.fromkeys(shard_ids):
-            rows = table.filter(pc.equal(table.column("shard_id"), shard_id))
-            shard_rows = int(expected[shard_ids.index(shard_id)])
+        # Arrow kernels, not Python lists: the driver touches every row of the job here (BENCHMARKS.md, driver
+        # ceiling). A batch usually holds one shard, which needs no filtering.
+        shard_ids = pc.unique(shard_column).to_pylist()
+        for shard_id in shard_ids:
+            rows = table if len(shard_ids) == 1 else table.filter(pc.equal(shard_column, shard_id))
+            shard_rows = int(rows.column("shard_rows")[0].as_py())
             if shard_id in self.committed:
                 if shard_rows == 0:
                     continue  # one more copy of an empty shard's marker (one per prompt)
@@ -263,7 +263,7 @@ class ShardCommitter:
         table = self.output_table(gathered)
         self.rows_per_input.pop(shard_id, None)
         seen, expected = self.pending_rows.pop(shard_id), self.expected_rows.pop(shard_id)
-        if seen != expected or len(set(table.column("id").to_pylist())) != table.num_rows:
+        if seen != expected or pc.count_distinct(table.column("id"), mode="all").as_py() != table.num_rows:
             raise RuntimeError(
                 f"shard {shard_id}: {seen} rows for {expected} expected (duplicate ids); refusing to commit it"
             )
@@ -271,7 +271,7 @@ class ShardCommitter:
             table.sort_by("id"), join_uri(self.output_uri, part_name(shard_id)), self.options
         )
         self.committed.add(shard_id)
-        errors = [value for value in table.column("error").to_pylist() if value is not None]
+        errors = pc.drop_null(table.column("error")).to_pylist()
         self.stats.rows += table.num_rows
         self.stats.shards += 1
         self.stats.errors += len(errors)

@@ -10,6 +10,8 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from llava_batch.pipeline.run.stages import NodeResources
+
 logger = logging.getLogger(__name__)
 
 # Ray's worker processes inherit these; they keep a local Ray on loopback and out of the home directory.
@@ -35,6 +37,12 @@ class ClusterResources:
     cpus: float
     gpus: float
     local: bool
+    # Each live node's own CPUs and GPUs: a replica's CPU must come out of its GPU node, not the cluster's total.
+    nodes: tuple[NodeResources, ...] = ()
+
+    def node_list(self) -> list[NodeResources]:
+        """The nodes, or one node holding everything when they were not listed (a hand-made ClusterResources)."""
+        return list(self.nodes) or [NodeResources(self.cpus, self.gpus)]
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterResources:
@@ -64,7 +72,44 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
         signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
     return ClusterResources(
-        cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), local=not address
+        cpus=float(resources.get("CPU", 0)),
+        gpus=float(resources.get("GPU", 0)),
+        local=not address,
+        nodes=live_nodes(ray.nodes()),
+    )
+
+
+def live_nodes(nodes: list[dict]) -> tuple[NodeResources, ...]:
+    """`ray.nodes()` entries -> the live nodes' resources."""
+    return tuple(
+        NodeResources(float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+        for node in nodes
+        if node.get("Alive") and node.get("Resources")
+    )
+
+
+def remote_address(address: str | None) -> bool:
+    """Whether an `--address` names a cluster whose nodes may be other machines (anything but this machine's
+    loopback; `auto` joins a cluster whose head runs here, but its workers may not)."""
+    if not address:
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(address if "://" in address else f"ray://{address}").hostname or ""
+    return host not in ("127.0.0.1", "localhost", "::1")
+
+
+def local_path_problem(name: str, uri: str | None) -> str | None:
+    """The warning for a job on a cluster that reads or writes `uri` on a local disk; None for a store every
+    node reaches (s3://, gs://, ...)."""
+    from llava_batch.pipeline.io.storage import is_local
+
+    if not uri or not is_local(uri):
+        return None
+    return (
+        f"{name}: {uri!r} is a path on a local disk, but the job runs on a cluster: every node that reads or "
+        "writes it must see the same files there (a shared filesystem), or rows fail as missing files; "
+        "use s3://bucket/prefix (with --s3-endpoint-url for a non-AWS store) to run on a cluster"
     )
 
 

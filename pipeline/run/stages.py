@@ -6,7 +6,7 @@ Operators know nothing about Ray; a `Stage` says how one runs (task or actor poo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,14 +78,119 @@ def typed_output(fn: Callable[..., Any] | type) -> Callable[..., Any] | type:
 
 @dataclass(frozen=True)
 class CpuShares:
-    """CPU requests for the stages of a caption-like job, fitted to the cluster."""
+    """CPU requests for the stages of a caption-like job, fitted to the cluster's nodes."""
 
     read: float
     preprocess: float
     generate: float
 
 
+@dataclass(frozen=True)
+class NodeResources:
+    """One node's logical CPUs and GPUs, as Ray reports them (`ray.nodes()`)."""
+
+    cpus: float
+    gpus: float = 0.0
+
+
 READ_CPUS = 0.25
+# Below this a CPU actor's request means nothing to the scheduler; a plan that needs less has no room.
+MIN_SHARE = 0.01
+# Steps down for a GPU replica's CPU when whole CPUs per replica would leave GPU-only clusters nothing to read with.
+_GENERATE_STEPS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.05)
+
+
+def plan_cpu_shares(
+    nodes: Sequence[NodeResources],
+    preprocess_workers: int,
+    max_replicas: int,
+    gpus_per_replica: float,
+    *,
+    tasks_cpus: float = READ_CPUS,
+) -> CpuShares:
+    """Choose CPU requests, node by node, so that full actor pools never leave the read tasks without a CPU.
+
+    A GPU replica's CPU comes out of its own GPU node; the preprocessing actors (and CPU replicas) take whatever
+    CPUs are left anywhere; and however Ray places those actors, some node must keep `tasks_cpus` free for a read
+    task (on a cluster of a CPU head and 1-CPU GPU workers, shares of the cluster's total CPU gave every CPU to the
+    actors and the reads waited forever). Raises ConfigError when no plan leaves room.
+    """
+    from llava_batch.pipeline.config import ConfigError
+
+    nodes = [node for node in nodes if node.cpus > 0 or node.gpus > 0]
+    if not nodes:
+        raise ConfigError("cluster: Ray reports no node with CPUs; start the cluster's nodes before the job")
+    cpu_actors = preprocess_workers + (0 if gpus_per_replica else max_replicas)
+    # Replica slots per GPU node, filled in node order up to the pool's size. With no GPU node up yet (an
+    # autoscaler still starting them) the replicas are placed later, on nodes the plan cannot see.
+    replicas_on: list[int] = []
+    left = max_replicas if gpus_per_replica else 0
+    for node in nodes:
+        slots = min(int(node.gpus // gpus_per_replica), left) if gpus_per_replica else 0
+        replicas_on.append(slots)
+        left -= slots
+    if not any(replicas_on):
+        share = _largest_share([node.cpus for node in nodes], cpu_actors, tasks_cpus)
+        if share is None:
+            raise ConfigError(_no_room(nodes, tasks_cpus))
+        return CpuShares(read=READ_CPUS, preprocess=share, generate=1.0 if gpus_per_replica else share)
+    # A replica needs one CPU to drive its GPU at most; less when its node has fewer CPUs than replicas, or when
+    # the GPU nodes' CPUs are all there is for preprocessing and reading.
+    most = min(node.cpus / count for node, count in zip(nodes, replicas_on, strict=True) if count)
+    for step in _GENERATE_STEPS:
+        generate = _round_down(min(step, most))
+        free = [node.cpus - count * generate for node, count in zip(nodes, replicas_on, strict=True)]
+        share = _largest_share(free, cpu_actors, tasks_cpus)
+        if share is not None:
+            return CpuShares(read=READ_CPUS, preprocess=share, generate=generate)
+    raise ConfigError(_no_room(nodes, tasks_cpus))
+
+
+def reads_always_fit(free: Sequence[float], share: float, actors: int, tasks_cpus: float) -> bool:
+    """Whether `actors` actors of `share` CPUs each fit on nodes with `free` CPUs and, wherever Ray places them,
+    leave some node with `tasks_cpus` free.
+
+    To starve the reads, a placement must bring every node below `tasks_cpus` free. A node whose fullest packing
+    still leaves `tasks_cpus` cannot be brought there; any other node takes floor((free - tasks) / share) + 1
+    actors to get there. The reads always fit when some node cannot be filled, or when the actors are too few to
+    fill them all.
+    """
+    eps = 1e-9
+    slots = [math.floor(cpus / share + eps) for cpus in free]
+    if sum(slots) < actors:
+        return False
+    to_starve = 0
+    for cpus, count in zip(free, slots, strict=True):
+        if cpus + eps < tasks_cpus:
+            continue  # already too small for a read task
+        if cpus - count * share + eps >= tasks_cpus:
+            return True  # even packed full, this node keeps room for a read task
+        to_starve += math.floor((cpus - tasks_cpus) / share + eps) + 1
+    return actors < to_starve
+
+
+def _largest_share(free: Sequence[float], actors: int, tasks_cpus: float) -> float | None:
+    """The largest CPU request (a whole thousandth, at most 1) that passes `reads_always_fit`."""
+    if not actors:
+        return 1.0 if any(cpus + 1e-9 >= tasks_cpus for cpus in free) else None
+    for thousandths in range(1000, int(MIN_SHARE * 1000) - 1, -1):
+        share = thousandths / 1000
+        if reads_always_fit(free, share, actors, tasks_cpus):
+            return share
+    return None
+
+
+def _round_down(value: float) -> float:
+    # Rounding up could overshoot a node's CPUs by a hair and leave an actor unschedulable.
+    return math.floor(value * 1000 + 1e-9) / 1000
+
+
+def _no_room(nodes: Sequence[NodeResources], tasks_cpus: float) -> str:
+    listed = ", ".join(f"{node.cpus:g} CPU/{node.gpus:g} GPU" for node in nodes[:8])
+    return (
+        f"cluster: its nodes ({listed}) leave no CPU for the preprocessing actors and a {tasks_cpus:g}-CPU read "
+        "task beside the model replicas; add a CPU node, or lower --preprocess-workers / --replicas"
+    )
 
 
 def fit_cpu_shares(
@@ -96,17 +201,11 @@ def fit_cpu_shares(
     *,
     tasks_cpus: float = READ_CPUS,
 ) -> CpuShares:
-    """Choose CPU requests so that full actor pools still leave room for read tasks.
-
-    On 2 cores, two 1-CPU pools plus a 1-CPU read task deadlock: the pools take every CPU and the read task
-    that would feed them is never scheduled (measured on a 2-core machine). Scaling the actor requests down so that
-    pools + one read task fit the cluster removes that state. GPU replicas live on GPU nodes, whose CPUs are not
-    counted here, but they still need one CPU each to drive the GPU.
-    """
-    wanted = preprocess_workers * 1.0 + (0.0 if gpu_replicas else max_replicas * 1.0)
-    # `tasks_cpus`: what must stay free for tasks to run beside full pools (a job's read task; inside a caller's
-    # own Ray Data pipeline, their map_batches tasks, which ask for 1 CPU unless told otherwise).
-    budget = max(total_cpus - tasks_cpus, 0.1)
-    scale = min(1.0, budget / wanted) if wanted else 1.0
-    share = math.floor(scale * 1000) / 1000  # round down: rounding up could overshoot the budget
-    return CpuShares(read=READ_CPUS, preprocess=share, generate=1.0 if gpu_replicas else share)
+    """`plan_cpu_shares` for one node of `total_cpus` (a laptop's local Ray); GPU replicas' CPUs not counted."""
+    return plan_cpu_shares(
+        [NodeResources(total_cpus)],
+        preprocess_workers,
+        max_replicas,
+        1 if gpu_replicas else 0,
+        tasks_cpus=tasks_cpus,
+    )
