@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 ## The whole test suite (unit + integration; no GPU needed)
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=25
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not gpu" -q
