@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-FAMILIES: tuple[str, ...] = ("llava", "llava_next", "vipllava", "llava_interleave")
+from llava_batch.pipeline.families import FAMILIES
+
 SPLITS: dict[str, int] = {"train": 1, "heldout": 2}  # part of every sample's seed: the splits never share one
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")

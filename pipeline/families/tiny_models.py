@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava_batch.pipeline.families import FAMILIES
 from llava_batch.pipeline.families.prompt_formats import FAMILY_FORMATS, chat_template
 
 logger = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("llava", "llava_next", "vipllava", "llava_interleave")
 
 IMAGE_TOKEN = "<image>"
 # Ids 0-4 in this order in every tiny tokenizer; the ChatML (Qwen2) one adds <|im_start|> = 5, <|im_end|> = 6.

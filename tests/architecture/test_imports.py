@@ -107,3 +107,11 @@ def test_the_format_table_is_the_one_list_of_input_formats():
     from llava_batch.pipeline.io.formats import FORMATS
 
     assert set(INPUT_FORMATS) == {"auto", *FORMATS}
+
+
+def test_the_built_in_checkpoints_are_the_families():
+    # operators/ cannot import pipeline.families (imports point down): the two lists are kept equal here.
+    from llava_batch.operators.model_source import BUILTIN_MODELS
+    from llava_batch.pipeline.families import FAMILIES
+
+    assert BUILTIN_MODELS == FAMILIES

@@ -12,11 +12,11 @@ import pytest
 from llava_batch.cli.main import main
 from llava_batch.operators.generation.replica import Generate
 from llava_batch.operators.preprocess import PreprocessForModel
+from llava_batch.pipeline.families import FAMILIES
 from tests.support.images import SIZES, image_bytes
 
 pytestmark = pytest.mark.integration
 
-FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]
 PROMPT = "Describe this image."
 MAX_NEW_TOKENS = 8
 

@@ -6,9 +6,9 @@ import pytest
 from llava_batch.operators.generation.replica import Generate
 from llava_batch.operators.preprocess import PreprocessForModel
 from llava_batch.operators.tensor_codec import unpack_arrays
+from llava_batch.pipeline.families import FAMILIES
 from tests.support.images import SIZES, image_bytes
 
-FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]
 MAX_NEW_TOKENS = 10
 
 

@@ -12,10 +12,10 @@ from llava_batch.operators.generation.continuous_batching import decoding_settin
 from llava_batch.operators.generation.replica import REPLICA_STATS_COLUMN, Generate
 from llava_batch.operators.preprocess import PreprocessForModel
 from llava_batch.operators.tensor_codec import unpack_arrays
+from llava_batch.pipeline.families import FAMILIES
 from llava_batch.pipeline.families.tiny_models import varied_length_stop_token
 from tests.support.images import SIZES, image_bytes
 
-FAMILIES = ["llava", "llava_next", "vipllava", "llava_interleave"]
 PROMPTS = ["Describe this image.", "What is in the picture? Answer in detail please.", "Name it.", "Colours?"]
 ROWS = 10
 MAX_NEW_TOKENS = 16
