@@ -12,7 +12,7 @@ from typing import Any
 from llava_batch.pipeline.config import ConfigError, JobConfig, ModelSettings
 from llava_batch.pipeline.families import ModelInfo
 from llava_batch.pipeline.io.shards import ReadSpec, Shard, with_sample_ids
-from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions
+from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions, absolute_local_path
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.stages import CpuShares, Stage
 
@@ -61,7 +61,9 @@ def set_up_job(config: JobConfig) -> JobSetup:
     check_store(config.output, options)
     skipped: Counter = Counter()
     input_format, shards = plan_shards(
-        config.input,
+        # Workers of a Ray that was already running (a shared or remote cluster, the caller's own) have another
+        # working directory: a relative local path must reach them absolute. Shard ids do not contain it.
+        absolute_local_path(config.input),
         options,
         input_format=config.input_format,
         files_per_shard=config.files_per_shard,

@@ -41,6 +41,11 @@ WHEELS_DIR = "wheels"
 WORKING_DIR_VAR = "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}"
 
 
+# How long `submit` waits for a head's job agent that is still starting ("No available agent to submit job").
+AGENT_WAIT_S = 60.0
+AGENT_RETRY_S = 3.0
+
+
 class ClusterUnreachable(RuntimeError):
     """The dashboard at the given address does not answer."""
 
@@ -250,17 +255,25 @@ def submit(
         shutil.copyfile(job_file.path, staging / CONFIG_NAME)
         client = job_client(address)
         # Ray uploads working_dir during submit_job, so the staging folder can go right after.
-        try:
-            job_id = client.submit_job(
-                entrypoint=entrypoint_for(),
-                submission_id=f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-                runtime_env=env,
-                metadata={"job": job_file.job, "config": job_file.path.name},
-            )
-        except RuntimeError as error:
-            if server_error(error):
-                raise unavailable(client.get_address(), error) from None
-            raise
+        submission_id = f"llava-batch-{job_file.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = client.submit_job(
+                    entrypoint=entrypoint_for(),
+                    submission_id=submission_id,
+                    runtime_env=env,
+                    metadata={"job": job_file.job, "config": job_file.path.name},
+                )
+                break
+            except RuntimeError as error:
+                if not server_error(error):
+                    raise
+                # The job agent starts some seconds after the dashboard answers, and says "try again later".
+                if "No available agent" not in str(error) or time.monotonic() > deadline:
+                    raise unavailable(client.get_address(), error) from None
+                logger.info("the cluster's job agent is not up yet; trying again in %.0f s", AGENT_RETRY_S)
+                time.sleep(AGENT_RETRY_S)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("submitted %s as %s to %s", job_file.path, job_id, client.get_address())

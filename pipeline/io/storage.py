@@ -65,6 +65,11 @@ def is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 
 
+def absolute_local_path(uri: str) -> str:
+    """A plain relative path made absolute (against this process's working directory); URIs stay as they are."""
+    return os.path.abspath(uri) if urlparse(uri).scheme == "" else uri
+
+
 def filesystem_for(
     uri: str, options: StorageOptions, *, attempts: int | None = None
 ) -> tuple[pafs.FileSystem, str]:

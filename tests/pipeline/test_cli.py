@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import threading
 from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,9 +65,14 @@ def test_other_options_have_help():
     assert all(action.help for action in tiny._actions)
 
 
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\((\w|\.)+[^)]*pid=\d+[^)]*\)|^Loading weights")
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = err.splitlines()
+    # Ray forwards its workers' output (`(MapWorker(...) pid=...) ...`) to this process's stderr whenever it
+    # arrives, also from an earlier test's actors: those lines are not the CLI's.
+    lines = [line for line in err.splitlines() if not RAY_WORKER_LINE.match(line)]
     assert len(lines) == 1, err
     return lines[0]
 

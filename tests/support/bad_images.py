@@ -95,7 +95,7 @@ UNUSABLE: dict[str, tuple[bytes, str]] = {
     "truncated.png": (_PNG[: len(_PNG) // 2], f"decode: truncated PNG ({len(_PNG) // 2} bytes; "),
     "video-saved-as.jpg": (
         b"\x00\x00\x00\x18ftypmp42" + bytes(64),
-        "decode: not an image: an MP4/QuickTime video",
+        "decode: cannot decode the video: InvalidDataError",
     ),
     "garbage.webp": (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(8), "decode: corrupt WebP (24 bytes): "),
     # Refused by the per-job --max-image-pixels check or by Pillow's own bomb guard, both before any bitmap exists.
