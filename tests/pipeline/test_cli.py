@@ -65,7 +65,7 @@ def test_other_options_have_help():
     assert all(action.help for action in tiny._actions)
 
 
-RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\((\w|\.)+[^)]*pid=\d+[^)]*\)|^Loading weights")
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\(.*\bpid=\d+")
 
 
 def one_error_line(capsys) -> str:

@@ -16,12 +16,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(shared_ray_session):
+    # The tests' shared local Ray would hold the dashboard agent's port, and the head's job agent would never
+    # come up ("No available agent to submit job"): it is stopped first, and the tests here ask for `own_ray`.
+    shared_ray_session.stop()
     with run_ray_head(num_cpus=2) as url:
         yield url
 
 
-def test_a_caption_job_runs_on_the_cluster(ray_head, tmp_path, tiny_models, capsys):
+def test_a_caption_job_runs_on_the_cluster(ray_head, own_ray, tmp_path, tiny_models, capsys):
     names = write_images(tmp_path / "images", 3)
     output = tmp_path / "captions"
     job = tmp_path / "my job.yaml"  # a space in the name: nothing of it may reach the shell unquoted
@@ -55,7 +58,7 @@ def test_a_caption_job_runs_on_the_cluster(ray_head, tmp_path, tiny_models, caps
 
 
 def test_schedule_once_submits_to_the_cluster_with_this_checkouts_code(
-    ray_head, tmp_path, tiny_models, caplog
+    ray_head, own_ray, tmp_path, tiny_models, caplog
 ):
     # The CronJob form: one tick, submitted, waited for; --ship-code builds a wheel of this checkout and the job
     # installs it (runtime_env pip).
@@ -74,7 +77,7 @@ def test_schedule_once_submits_to_the_cluster_with_this_checkouts_code(
     assert sorted(ids) == sorted(f"day-1/{name}" for name in names)
 
 
-def test_a_missing_job_id_is_a_clear_error(ray_head, capsys):
+def test_a_missing_job_id_is_a_clear_error(ray_head, own_ray, capsys):
     assert main(["status", "no-such-job", "--address", ray_head]) == 2
     assert f"job_id: no job 'no-such-job' on {ray_head}" in capsys.readouterr().err
     assert main(["logs", "no-such-job", "--address", ray_head]) == 2
