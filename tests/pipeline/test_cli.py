@@ -186,7 +186,9 @@ def job_file(tmp_path):
     return path
 
 
-def test_a_dashboard_without_a_job_agent_is_exit_5(job_file, capsys):
+def test_a_dashboard_without_a_job_agent_is_exit_5(job_file, capsys, monkeypatch):
+    # submit waits up to AGENT_WAIT_S for an agent that is still starting; this one never comes.
+    monkeypatch.setattr("llava_batch.cli.submit.AGENT_WAIT_S", 4.0)
     with fake_dashboard(500, b"No available agent to submit job") as address:
         assert main(["submit", "--config", str(job_file), "--address", address]) == EXIT_CLUSTER_UNREACHABLE
     line = one_error_line(capsys)
