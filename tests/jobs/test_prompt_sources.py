@@ -15,6 +15,7 @@ import yaml
 from llava_batch.cli.main import main
 from llava_batch.training.oracle import png_bytes
 from llava_batch.training.shapes import samples
+from tests.support.cli_output import one_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -132,5 +133,5 @@ def test_a_second_prompt_source_fails_before_ray_starts(tmp_path, capsys, flags,
 
     argv = ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
     assert main(argv + ["--model", "builtin:llava", *flags]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert one_error_line(capsys) == line
     assert not ray.is_initialized()

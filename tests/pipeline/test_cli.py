@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import threading
 from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ import ray
 from llava_batch.cli.main import EXIT_CLUSTER_UNREACHABLE, EXIT_INVALID_SETTINGS, build_parser, main
 from llava_batch.jobs.caption import CaptionConfig
 from llava_batch.jobs.instruct import InstructConfig
+from tests.support.cli_output import one_error_line
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -63,18 +63,6 @@ def test_other_options_have_help():
             assert action.help, action.dest
     tiny = subcommand("make-tiny-model")
     assert all(action.help for action in tiny._actions)
-
-
-RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\(.*\bpid=\d+")
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    # Ray forwards its workers' output (`(MapWorker(...) pid=...) ...`) to this process's stderr whenever it
-    # arrives, also from an earlier test's actors: those lines are not the CLI's.
-    lines = [line for line in err.splitlines() if not RAY_WORKER_LINE.match(line)]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 BASE_FLAGS = ["--input", "/data/images", "--output", "/data/captions", "--model", "/models/tiny"]
