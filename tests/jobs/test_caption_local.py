@@ -124,6 +124,8 @@ def test_output_loads_with_hf_datasets(tmp_path, tiny_models):
     assert {"generated_text", "finish_reason", "num_output_tokens", "error"} <= set(loaded.column_names)
 
 
+# `.ci/check_wheel.sh` runs the installed `llava-batch caption` on every CI run as well.
+@pytest.mark.slow  # a fresh interpreter and its own local Ray
 def test_cli_subprocess_is_the_front_door(tmp_path, tiny_models):
     folder = tmp_path / "in"
     write_images(folder, 2)

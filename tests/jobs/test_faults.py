@@ -14,7 +14,8 @@ import pytest
 from llava_batch.cli.main import main
 from tests.support.images import image_bytes
 
-pytestmark = pytest.mark.integration
+# Minutes each (an outage, killed processes): the slow tier (`make test-slow`), which CI runs after `make test`.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IMAGES = 30
 

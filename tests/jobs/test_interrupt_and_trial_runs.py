@@ -18,7 +18,8 @@ from llava_batch.pipeline.run.output_lock import LOCK_FILE
 from tests.jobs.test_resume import caption_argv
 from tests.support.images import image_bytes
 
-pytestmark = pytest.mark.integration
+# A trial run, a full run stopped by SIGTERM in a subprocess and its re-run: the slow tier (`make test-slow`).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IMAGES = 25
 

@@ -58,6 +58,7 @@ def run_and_kill(argv: list[str], count_parts, env: dict[str, str], before_kill=
     return committed_at_kill
 
 
+@pytest.mark.slow  # a driver in a subprocess with its own Ray, killed, then resumed
 def test_kill_and_resume_local(tmp_path, tiny_models, capsys):
     source, output = tmp_path / "images", tmp_path / "captions"
     source.mkdir()
@@ -84,6 +85,7 @@ def test_kill_and_resume_local(tmp_path, tiny_models, capsys):
     assert not [p for p in output.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_s3(tiny_models, seaweedfs, s3_bucket, monkeypatch, capsys):
     for name, value in seaweedfs.env().items():
         monkeypatch.setenv(name, value)

@@ -31,6 +31,7 @@ def parts(output):
     return {path.name: path.stat().st_mtime_ns for path in output.glob("part-*.parquet")}
 
 
+@pytest.mark.slow  # two scheduled runs in a row
 def test_two_ticks_process_each_arriving_shard_once(tmp_path, tiny_models, monkeypatch):
     incoming, output = tmp_path / "incoming", tmp_path / "captions"
     write_images(incoming / "2026-11-24", 3)  # two shards: 2 + 1 files

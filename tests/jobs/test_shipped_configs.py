@@ -104,6 +104,7 @@ def test_the_local_config_runs_as_its_first_line_says(tmp_path, monkeypatch, cap
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # three model pools at once; tests/jobs/test_instruct.py covers the job itself
 def test_the_instruct_config_runs_offline(tmp_path):
     path = next(path for path in CONFIGS if path.name.startswith("instruct_"))
     names = write_images(tmp_path / "images", RUN_LIMIT + 1)

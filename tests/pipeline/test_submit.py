@@ -24,6 +24,7 @@ def ray_head(shared_ray_session):
         yield url
 
 
+@pytest.mark.slow  # a real Ray head with its dashboard
 def test_a_caption_job_runs_on_the_cluster(ray_head, own_ray, tmp_path, tiny_models, capsys):
     names = write_images(tmp_path / "images", 3)
     output = tmp_path / "captions"
@@ -57,6 +58,7 @@ def test_a_caption_job_runs_on_the_cluster(ray_head, own_ray, tmp_path, tiny_mod
     assert capsys.readouterr().out.startswith(f"{job_id} SUCCEEDED")
 
 
+@pytest.mark.slow
 def test_schedule_once_submits_to_the_cluster_with_this_checkouts_code(
     ray_head, own_ray, tmp_path, tiny_models, caplog
 ):
@@ -77,6 +79,7 @@ def test_schedule_once_submits_to_the_cluster_with_this_checkouts_code(
     assert sorted(ids) == sorted(f"day-1/{name}" for name in names)
 
 
+@pytest.mark.slow
 def test_a_missing_job_id_is_a_clear_error(ray_head, own_ray, capsys):
     assert main(["status", "no-such-job", "--address", ray_head]) == 2
     assert f"job_id: no job 'no-such-job' on {ray_head}" in capsys.readouterr().err
