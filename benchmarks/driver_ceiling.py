@@ -13,7 +13,6 @@ costs (Ray, listing, the model check) cancel out.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -27,23 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common.inputs import write_png_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 IMAGES_PER_S_PER_GPU = 50.0  # what one GPU replica of a 7B LLaVA captions, roughly (BENCHMARKS.md, GPU runs)
 GOAL_ROWS_PER_CORE_S = 10_000.0
-
-
-def write_images(folder: Path, rows: int) -> None:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (10, 20, 128)).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(rows):
-        sub = folder / f"{index // 1000:04d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"{index:07d}.png").write_bytes(data)
 
 
 class StandInGenerate:
@@ -94,7 +82,7 @@ def child(rows: int, work: Path, stand_in: bool, batch_size: int, files_per_shar
     if stand_in:
         use_stand_in()
     model = build_tiny_model("llava", work / "model")
-    write_images(work / "images", rows)
+    write_png_folder(work / "images", rows, distinct=False)
     # The committer's own CPU (main thread), to tell it from Ray Data's executor and block fetching.
     committer_cpu = [0.0]
     add = commit.ShardCommitter.add
@@ -208,10 +196,10 @@ def main() -> int:
         return 0
     results = []
     for rows in args.rows:
-        command = [sys.executable, __file__, "--child", "--rows", str(rows)]
+        command = [sys.executable, "-m", "benchmarks.driver_ceiling", "--child", "--rows", str(rows)]
         command += ["--batch-size", str(args.batch_size), "--files-per-shard", str(args.files_per_shard)]
         done = subprocess.run(
-            command + (["--stand-in"] if args.stand_in else []), capture_output=True, text=True
+            command + (["--stand-in"] if args.stand_in else []), capture_output=True, text=True, cwd=ROOT
         )
         if done.returncode:
             sys.stderr.write(done.stderr[-4000:])

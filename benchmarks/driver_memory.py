@@ -8,7 +8,6 @@ token per image; the driver reports its own peak RSS (ru_maxrss), which excludes
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -18,20 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common.inputs import write_png_folder
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_images(folder: Path, rows: int) -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(rows):
-        buffer = io.BytesIO()
-        Image.new("RGB", (16, 16), (index % 256, (index // 256) % 256, 128)).save(buffer, format="PNG")
-        # 1,000 files per folder keeps directory listings sane at 100k files.
-        sub = folder / f"{index // 1000:04d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"{index:07d}.png").write_bytes(buffer.getvalue())
 
 
 def child(rows: int, work: Path) -> dict:
@@ -41,7 +29,7 @@ def child(rows: int, work: Path) -> dict:
     from llava_batch.pipeline.run.ray_cluster import shutdown
 
     model = build_tiny_model("llava", work / "model")
-    write_images(work / "images", rows)
+    write_png_folder(work / "images", rows, distinct=True)
     config = CaptionConfig(
         input=str(work / "images"),
         output=str(work / "out"),
@@ -75,7 +63,8 @@ def main() -> int:
     results = []
     for rows in args.rows:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", "--rows", str(rows)],
+            [sys.executable, "-m", "benchmarks.driver_memory", "--child", "--rows", str(rows)],
+            cwd=ROOT,
             capture_output=True,
             text=True,
             check=True,

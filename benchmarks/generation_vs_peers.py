@@ -18,10 +18,10 @@ Python around it, takes the time. The same model object, processor and 640x480 J
     with batch_size (left padding), images given by path so it decodes them itself;
   - loop: one `processor(...)` + `model.generate` + decode per image.
 Greedy, float32, exactly --new-tokens tokens per image (min_new_tokens = max_new_tokens), or with
---varied-lengths at most that many, each row stopping at a probed stop token (shared.varied_length_kwargs), where
-the operator's continuous batching refills finished rows' slots from its window of --length-window batches
-while the pipeline decodes each batch to its longest row. The operator's
-images/s counts its generate calls (in the Ray job preprocessing runs on other CPU actors at the same time);
+--varied-lengths at most that many, each row stopping at a probed stop token
+(benchmarks.common.variants.varied_length_kwargs), where the operator's continuous batching refills finished rows'
+slots from its window of --length-window batches while the pipeline decodes each batch to its longest row. The
+operator's images/s counts its generate calls (in the Ray job preprocessing runs on other CPU actors at the same time);
 `e2e` adds its preprocessing, run serially in the same process, which is what the pipeline and the loop time.
 After them the operator runs once more per repeat with one new token per row (vision tower, prompt prefill,
 first token: the work every variant does alike); the pipeline's time over that is the most any saving in
@@ -35,7 +35,6 @@ far less steadily than one (each waits on the other's core).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -43,55 +42,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import gpu_generation as shared  # noqa: E402  (the variants and report live there; it needs no Ray)
-from llava_batch.operators.generation.replica import Generate  # noqa: E402
-from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+from benchmarks.common import variants
+from benchmarks.common.inputs import MAX_IMAGE_PIXELS, PROMPTS, Inputs, images_for, write_inputs
+from benchmarks.common.models import CPU_LLAVA, build_checkpoint
+from benchmarks.common.report import environment, format_table, median, summarize, token_spread_lines
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
 
 # What the issue asks of the operator: this many times the pipeline's images/s at equal batch size.
 BAR = 1.5
 
-CPU_LLAVA = dataclasses.replace(
-    shared.REAL_SPECS["llava"],
-    checkpoint="random LLaVA-1.5, CPU-sized",
-    text_config={
-        "model_type": "llama",
-        "hidden_size": 1024,
-        "intermediate_size": 2816,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 16,
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": None,  # the tokenizer's
-        "tie_word_embeddings": False,
-    },
-    vision_config={
-        "model_type": "clip_vision_model",
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 12,
-        "image_size": 224,
-        "patch_size": 14,
-        "projection_dim": 512,
-        "hidden_act": "quick_gelu",
-    },
-    image_processor_kwargs={"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}},
-    # Larger than 0.02 so greedy outputs of random weights vary with the image and prompt (no near-ties).
-    initializer_range=0.05,
-)
 
-
-def build_checkpoint(out_dir: Path, seed: int) -> tuple[Path, int]:
-    """Write the CPU-sized LLaVA-1.5 (float32 safetensors + processor) to out_dir; returns (dir, parameters)."""
-    processor = shared.build_processor(CPU_LLAVA)
-    model = shared.build_model(CPU_LLAVA, processor.tokenizer, device="cpu", dtype=torch.float32, seed=seed)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir, shared.parameter_count(model)
-
-
-def breakdown(runs: shared.Runs) -> list[str]:
+def breakdown(runs: variants.Runs) -> list[str]:
     """Where each variant's wall time goes: inside model.generate, and the rest (preprocessing, collation,
     decoding, Python), as medians over repeats."""
     lines = [
@@ -99,9 +61,9 @@ def breakdown(runs: shared.Runs) -> list[str]:
         f"{'prep s/img (apart)':>18s}"
     ]
     for (variant, size), variant_runs in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
-        wall = shared.median([run.seconds / run.images for run in variant_runs])
-        inside = shared.median([run.generate_seconds / run.images for run in variant_runs])
-        prep = shared.median([run.preprocess_seconds / run.images for run in variant_runs])
+        wall = median([run.seconds / run.images for run in variant_runs])
+        inside = median([run.generate_seconds / run.images for run in variant_runs])
+        prep = median([run.preprocess_seconds / run.images for run in variant_runs])
         lines.append(
             f"{variant:9s} {size:5d} {wall:10.4f} {inside:14.4f} {wall - inside:10.4f} "
             f"{(f'{prep:.4f}' if variant == 'operator' else ''):>18s}"
@@ -110,10 +72,10 @@ def breakdown(runs: shared.Runs) -> list[str]:
 
 
 def prefill_ceilings(
-    runs: shared.Runs,
+    runs: variants.Runs,
     preprocess: PreprocessForModel,
     operator: Generate,
-    inputs: shared.Inputs,
+    inputs: Inputs,
     batch_sizes: list[int],
     *,
     min_images: int,
@@ -125,15 +87,17 @@ def prefill_ceilings(
     plus its preprocessing. If decoding the other tokens cost nothing, the operator's end-to-end time per image
     would be this, so pipeline time / this bounds the ratio for anything short of doing less prefill work."""
     kept = operator.generate_kwargs
-    operator.generate_kwargs = shared.fixed_length_kwargs(1)
+    operator.generate_kwargs = variants.fixed_length_kwargs(1)
     ceilings: dict[int, dict[str, float]] = {}
     try:
         for size in batch_sizes:
-            subset = inputs.head(shared.images_for(size, min_images))
-            passes = [shared.run_operator(preprocess, operator, subset, size, window) for _ in range(repeats)]
-            prefill = shared.median([1 / run.end_to_end_images_per_s for run in passes])
-            pipeline = shared.median([run.seconds / run.images for run in runs.get(("pipeline", size), [])])
-            operator_wall = shared.median(
+            subset = inputs.head(images_for(size, min_images))
+            passes = [
+                variants.run_operator(preprocess, operator, subset, size, window) for _ in range(repeats)
+            ]
+            prefill = median([1 / run.end_to_end_images_per_s for run in passes])
+            pipeline = median([run.seconds / run.images for run in runs.get(("pipeline", size), [])])
+            operator_wall = median(
                 [1 / run.end_to_end_images_per_s for run in runs.get(("operator", size), [])]
             )
             ceilings[size] = {
@@ -168,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prompts-per-image",
         type=int,
         default=1,
-        help=f"questions per image, 1 to {len(shared.PROMPTS)}: rows are (image, prompt) pairs",
+        help=f"questions per image, 1 to {len(PROMPTS)}: rows are (image, prompt) pairs",
     )
     parser.add_argument(
         "--varied-lengths",
@@ -190,15 +154,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if min(args.batch_sizes) < 1 or args.new_tokens < 1 or args.repeats < 1:
         parser.error("--batch-sizes, --new-tokens and --repeats must be at least 1")
-    if not 1 <= args.prompts_per_image <= len(shared.PROMPTS):
-        parser.error(f"--prompts-per-image: 1 to {len(shared.PROMPTS)}")
+    if not 1 <= args.prompts_per_image <= len(PROMPTS):
+        parser.error(f"--prompts-per-image: 1 to {len(PROMPTS)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    env = shared.environment("cpu", torch.float32)
+    env = environment("cpu", torch.float32)
     print(
         f"generation_vs_peers: {env['device']}, {env['torch_threads']} torch threads, torch {env['torch']}, "
         f"transformers {env['transformers']}, float32 greedy, {args.new_tokens} new tokens per image, "
@@ -216,27 +180,25 @@ def main(argv: list[str] | None = None) -> int:
         operator = Generate(str(checkpoint), generate_kwargs={}, dtype="float32")
         # The peers (transformers.pipeline, the per-image loop) decode images in full: the operator does too, so
         # that outputs are compared on equal pixels and the timings measure generation, not decoding.
-        preprocess = PreprocessForModel(
-            str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS, exact_decode=True
-        )
+        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS, exact_decode=True)
         size_mb = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors")) / 1e6
         print(
             f"model: {parameters / 1e6:.0f} M parameters, {size_mb:.0f} MB float32 safetensors, built, saved and "
             f"loaded in {time.perf_counter() - began:.1f} s",
             flush=True,
         )
-        largest = max(shared.images_for(size, args.min_images) for size in args.batch_sizes)
+        largest = max(images_for(size, args.min_images) for size in args.batch_sizes)
         images = -(-max(largest, args.loop_images) // args.prompts_per_image)
-        inputs = shared.write_inputs(Path(work) / "images", images, seed=args.seed)
+        inputs = write_inputs(Path(work) / "images", images, seed=args.seed)
         inputs = inputs.with_prompts_per_image(args.prompts_per_image)
         decoding = (
-            shared.varied_length_kwargs(operator.model, preprocess.processor, inputs, args.new_tokens)
+            variants.varied_length_kwargs(operator.model, preprocess.processor, inputs, args.new_tokens)
             if args.varied_lengths
-            else shared.fixed_length_kwargs(args.new_tokens)
+            else variants.fixed_length_kwargs(args.new_tokens)
         )
         operator.generate_kwargs = decoding
         print(f"decoding: {decoding}", flush=True)
-        runs = shared.measure_variants(
+        runs = variants.measure_variants(
             model=operator.model,
             processor=preprocess.processor,
             preprocess=preprocess,
@@ -260,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             window=args.length_window,
             repeats=args.repeats,
         )
-    report = shared.summarize(CPU_LLAVA, runs, args.batch_sizes)
+    report = summarize(CPU_LLAVA, runs, args.batch_sizes)
     results = report["results"]
     print()
-    print(shared.format_table(results, report["agreement"]))
+    print(format_table(results, report["agreement"]))
     print()
     print("new tokens per row (operator):")
-    print("\n".join(shared.token_spread_lines(results)))
+    print("\n".join(token_spread_lines(results)))
     print()
     print("time per image, inside model.generate and the rest:")
     print("\n".join(breakdown(runs)))

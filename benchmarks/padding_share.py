@@ -15,8 +15,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# llava-hf/llava-v1.6-mistral-7b-hf: image_grid_pinpoints
-PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 SHAPES = [
     (640, 480),
     (480, 640),
@@ -29,27 +27,12 @@ SHAPES = [
 ]
 
 
-def llava_next_processor():
-    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
-
-    from llava_batch.pipeline.families.tiny_models import build_tokenizer
-
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
-    )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(),
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-
-
 def prompt_lengths(count: int, seed: int) -> list[int]:
     from PIL import Image
 
-    processor = llava_next_processor()
+    from benchmarks.common.models import REAL_SPECS, build_processor
+
+    processor = build_processor(REAL_SPECS["llava_next"])
     rng = random.Random(seed)
     lengths = []
     for _ in range(count):

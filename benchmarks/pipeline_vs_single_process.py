@@ -5,7 +5,7 @@ Run: python -m benchmarks.pipeline_vs_single_process [--images 40] [--repeats 2]
 
 Both variants read the same 640x480 JPEGs from a SeaweedFS bucket on 127.0.0.1, caption them with the CPU-sized
 random-weight LLaVA-1.5 of benchmarks/generation_vs_peers.py (134 M parameters, 540 MB of float32 safetensors,
-built offline by its builder), greedy, at most `--new-tokens`, batches of 8, and write Parquet back to the bucket.
+built offline by benchmarks.common.models.build_checkpoint), greedy, at most `--new-tokens`, batches of 8, and write Parquet back to the bucket.
 Each run is a fresh process:
   - pipeline: `llava-batch caption` (a private local Ray: read tasks, a preprocessing actor, a model replica actor,
     per-shard commits by the driver), default settings except `--files-per-shard 8`;
@@ -43,8 +43,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks import gpu_generation as shared  # noqa: E402  (synthetic JPEGs, median)
-from benchmarks.generation_vs_peers import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
+from benchmarks.common.inputs import MAX_IMAGE_PIXELS, write_inputs  # noqa: E402
+from benchmarks.common.models import build_checkpoint  # noqa: E402  (the CPU-sized LLaVA-1.5 builder)
+from benchmarks.common.report import median  # noqa: E402
 from llava_batch.operators.batch import object_array  # noqa: E402
 from llava_batch.operators.generation.replica import Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
@@ -130,7 +131,7 @@ def run_single_process(
     returns the seconds from the first read to the last write (model loading excluded) and where they went."""
     torch.set_num_threads(1)
     options = StorageOptions()
-    preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
+    preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS)
     generate = Generate(
         str(checkpoint),
         generate_kwargs=GenerationSettings(max_new_tokens=new_tokens).generate_kwargs(),
@@ -181,7 +182,7 @@ def upload_inputs(
     endpoint: S3Endpoint, bucket: str, work: Path, counts: list[int], seed: int
 ) -> dict[int, str]:
     """One prefix per image count, holding the first `count` of the same images."""
-    inputs = shared.write_inputs(work / "images", max(counts), seed=seed)
+    inputs = write_inputs(work / "images", max(counts), seed=seed)
     fs = endpoint.fs()
     uris = {}
     for count in counts:
@@ -284,32 +285,32 @@ def summarize(runs: dict[str, list[Run]], args: argparse.Namespace) -> dict:
         f"{'variant':9s} {'steady img/s per repeat':>24s} {'median':>7s} {'start-up + drain s (median)':>28s}",
         *(
             f"{variant:9s} {', '.join(f'{rate:.3f}' for rate in rates[variant]):>24s} "
-            f"{shared.median(rates[variant]):7.3f} {shared.median(fixed[variant]):28.1f}"
+            f"{median(rates[variant]):7.3f} {median(fixed[variant]):28.1f}"
             for variant in ("pipeline", "single")
         ),
         f"pipeline / single process (steady state): per repeat {', '.join(f'{r:.3f}' for r in ratios)}; "
-        f"median {shared.median(ratios):.3f} (bar: >= 0.9)",
+        f"median {median(ratios):.3f} (bar: >= 0.9)",
         "steady window / time inside model.generate: "
         + "; ".join(
             f"{variant} {', '.join(f'{o:.3f}' for o in overheads[variant])}" for variant in overheads
         ),
         f"pipeline / single process at equal generate speed: per repeat {', '.join(f'{r:.3f}' for r in normalised)}; "
-        f"median {shared.median(normalised):.3f}",
+        f"median {median(normalised):.3f}",
         f"wall time with start-up, pipeline / single process: "
-        f"{shared.median([run.wall_s for run in runs['single']]) / shared.median([run.wall_s for run in runs['pipeline']]):.3f}"
+        f"{median([run.wall_s for run in runs['single']]) / median([run.wall_s for run in runs['pipeline']]):.3f}"
         " (images/s ratio)",
         f"captions equal between the variants: {100 * same:.0f}% of {len(reference)} rows",
         f"pipeline replica idle waiting for input (median): "
-        f"{shared.median([run.replica_idle_s or 0.0 for run in runs['pipeline']]):.1f} s",
+        f"{median([run.replica_idle_s or 0.0 for run in runs['pipeline']]):.1f} s",
     ]
     return {
         "lines": lines,
         "summary": {
-            "pipeline_img_s": round(shared.median(rates["pipeline"]), 4),
-            "single_img_s": round(shared.median(rates["single"]), 4),
-            "ratio": round(shared.median(ratios), 4),
+            "pipeline_img_s": round(median(rates["pipeline"]), 4),
+            "single_img_s": round(median(rates["single"]), 4),
+            "ratio": round(median(ratios), 4),
             "ratios": [round(ratio, 4) for ratio in ratios],
-            "ratio_at_equal_generate_speed": round(shared.median(normalised), 4),
+            "ratio_at_equal_generate_speed": round(median(normalised), 4),
             "captions_equal": round(float(same), 4),
         },
     }

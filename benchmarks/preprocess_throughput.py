@@ -40,7 +40,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import gpu_generation as shared  # noqa: E402  (processors and synthetic images live there; it needs no Ray)
+from benchmarks.common.inputs import MAX_IMAGE_PIXELS, write_inputs  # noqa: E402
+from benchmarks.common.models import REAL_SPECS, ModelSpec, build_processor  # noqa: E402
+from benchmarks.common.report import median  # noqa: E402
 from llava_batch.operators.batch import object_array  # noqa: E402
 from llava_batch.operators.chat_template import render_prompt, user_turn  # noqa: E402
 from llava_batch.operators.decode import decode_image  # noqa: E402
@@ -48,13 +50,13 @@ from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 from llava_batch.operators.tensor_codec import pack_arrays, unpack_arrays  # noqa: E402
 
 # llava-hf/vip-llava-7b-hf: the same CLIP ViT-L/14-336 processor as LLaVA-1.5, its own prompt format.
-SPECS: dict[str, shared.ModelSpec] = {
-    "llava": shared.REAL_SPECS["llava"],
+SPECS: dict[str, ModelSpec] = {
+    "llava": REAL_SPECS["llava"],
     "vipllava": dataclasses.replace(
-        shared.REAL_SPECS["llava"], family="vipllava", checkpoint="llava-hf/vip-llava-7b-hf"
+        REAL_SPECS["llava"], family="vipllava", checkpoint="llava-hf/vip-llava-7b-hf"
     ),
-    "llava_next": shared.REAL_SPECS["llava_next"],
-    "llava_interleave": shared.REAL_SPECS["llava_interleave"],
+    "llava_next": REAL_SPECS["llava_next"],
+    "llava_interleave": REAL_SPECS["llava_interleave"],
 }
 PROMPT = "Describe this image in detail."
 
@@ -112,7 +114,7 @@ def operator_breakdown(case: Case) -> dict[str, float]:
     for payload in case.batch["image_bytes"]:
         t0 = time.perf_counter()
         image = decode_image(
-            payload, max_image_pixels=shared.MAX_IMAGE_PIXELS, min_size=case.operator.decode_min_size
+            payload, max_image_pixels=MAX_IMAGE_PIXELS, min_size=case.operator.decode_min_size
         )
         t1 = time.perf_counter()
         text = render_prompt(processor, user_turn(PROMPT, 1))
@@ -195,23 +197,21 @@ def build_cases(args: argparse.Namespace, work: Path) -> list[Case]:
     cases = []
     inputs_by_size = {}
     for width, height in args.sizes:
-        inputs = shared.write_inputs(
+        inputs = write_inputs(
             work / f"images-{width}x{height}",
             images_at(args, width, height),
             width=width,
             height=height,
             seed=args.seed,
         )
-        images = [
-            decode_image(payload, max_image_pixels=shared.MAX_IMAGE_PIXELS) for payload in inputs.payloads
-        ]
+        images = [decode_image(payload, max_image_pixels=MAX_IMAGE_PIXELS) for payload in inputs.payloads]
         inputs_by_size[(width, height)] = (inputs, images)
     for family in args.families:
         checkpoint = work / family
-        shared.build_processor(SPECS[family]).save_pretrained(checkpoint)
-        operator = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
+        build_processor(SPECS[family]).save_pretrained(checkpoint)
+        operator = PreprocessForModel(str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS)
         exact_operator = PreprocessForModel(
-            str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS, exact_decode=True
+            str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS, exact_decode=True
         )
         text = render_prompt(operator.processor, user_turn(PROMPT, 1))
         for (width, height), (inputs, images) in inputs_by_size.items():
@@ -272,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         key = (case.family, case.size)
         reduced, full, processor = (rates[(*key, variant)] for variant in variants)
-        speedups[key] = shared.median([a / b for a, b in zip(reduced, full)])
-        ratios[key] = shared.median([a / b for a, b in zip(reduced, processor)])
+        speedups[key] = median([a / b for a, b in zip(reduced, full)])
+        ratios[key] = median([a / b for a, b in zip(reduced, processor)])
         steps = breakdowns[key]
         print(
-            f"{case.family:17s} {case.size:>9s} {shared.median(reduced):13.1f} {shared.median(full):10.1f} "
-            f"{shared.median(processor):15.1f} {speedups[key]:8.2f} {ratios[key]:8.2f} {differences[key]:>13s} "
+            f"{case.family:17s} {case.size:>9s} {median(reduced):13.1f} {median(full):10.1f} "
+            f"{median(processor):15.1f} {speedups[key]:8.2f} {ratios[key]:8.2f} {differences[key]:>13s} "
             f"{steps['decode']:9.2f} {steps['render']:9.2f} {steps['processor']:8.2f} {steps['pack']:8.2f}"
         )
     print()
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     parts = [
-        f"{family}@{size} {shared.median(rates[(family, size, 'reduced')]):.1f} img/s "
+        f"{family}@{size} {median(rates[(family, size, 'reduced')]):.1f} img/s "
         f"(x{speedups[(family, size)]:.2f} of full decoding, x{ratio:.2f} of processor)"
         for (family, size), ratio in ratios.items()
     ]

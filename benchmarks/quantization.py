@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation_vs_peers as peers  # noqa: E402
-from benchmarks import gpu_generation as shared  # noqa: E402
-from llava_batch.operators.generation.replica import Generate  # noqa: E402
-from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+from benchmarks.common.inputs import MAX_IMAGE_PIXELS, write_inputs
+from benchmarks.common.models import build_checkpoint
+from benchmarks.common.variants import run_operator
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 
@@ -50,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
     results: dict[str, tuple[int, float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="llava-quant-bench-") as work:
-        checkpoint, parameters = peers.build_checkpoint(Path(work) / "model", args.seed)
-        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
-        inputs = shared.write_inputs(Path(work) / "images", args.images, seed=args.seed)
+        checkpoint, parameters = build_checkpoint(Path(work) / "model", args.seed)
+        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS)
+        inputs = write_inputs(Path(work) / "images", args.images, seed=args.seed)
         print(
             f"quantization: {parameters / 1e6:.0f}M parameters, {args.images} images, batch {args.batch_size}, "
             f"{args.new_tokens} new tokens per row",
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(checkpoint), generate_kwargs=kwargs, dtype="float32", quantization=quantization
             )
             load_s = time.perf_counter() - loading
-            shared.run_operator(preprocess, operator, inputs.head(2), 2)  # warm-up
-            run = shared.run_operator(preprocess, operator, inputs, args.batch_size)
+            run_operator(preprocess, operator, inputs.head(2), 2)  # warm-up
+            run = run_operator(preprocess, operator, inputs, args.batch_size)
             reference = reference if reference is not None else run.texts
             same = sum(text == other for text, other in zip(run.texts, reference))
             memory = operator.clock.memory_bytes

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-import llava_batch.operators.generation.continuous_batching as continuous  # noqa: E402
-from benchmarks import generation_vs_peers as peers  # noqa: E402
-from benchmarks import gpu_generation as shared  # noqa: E402
-from llava_batch.operators.generation.replica import Generate  # noqa: E402
-from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
+import llava_batch.operators.generation.continuous_batching as continuous
+from benchmarks.common.inputs import MAX_IMAGE_PIXELS, write_inputs
+from benchmarks.common.models import build_checkpoint
+from benchmarks.common.report import token_spread
+from benchmarks.common.variants import run_operator, varied_length_kwargs
+from llava_batch.operators.generation.replica import Generate
+from llava_batch.operators.preprocess import PreprocessForModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,25 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     kept = continuous.REFILL_FRACTION
     with tempfile.TemporaryDirectory(prefix="llava-slot-bench-") as work:
-        checkpoint, _ = peers.build_checkpoint(Path(work) / "model", args.seed)
+        checkpoint, _ = build_checkpoint(Path(work) / "model", args.seed)
         operator = Generate(str(checkpoint), generate_kwargs={}, dtype="float32")
-        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=shared.MAX_IMAGE_PIXELS)
-        inputs = shared.write_inputs(Path(work) / "images", args.images, seed=args.seed)
-        operator.generate_kwargs = shared.varied_length_kwargs(
+        preprocess = PreprocessForModel(str(checkpoint), max_image_pixels=MAX_IMAGE_PIXELS)
+        inputs = write_inputs(Path(work) / "images", args.images, seed=args.seed)
+        operator.generate_kwargs = varied_length_kwargs(
             operator.model, preprocess.processor, inputs, args.new_tokens
         )
         print(
             f"slot_refill: batch {args.batch_size}, {args.images} images, {operator.generate_kwargs}",
             flush=True,
         )
-        shared.run_operator(preprocess, operator, inputs.head(2), 2)  # warm-up
+        run_operator(preprocess, operator, inputs.head(2), 2)  # warm-up
         reference: list[str] | None = None
         try:
             for window, fraction in itertools.product(args.windows, args.refill_fractions):
                 continuous.REFILL_FRACTION = fraction
-                run = shared.run_operator(preprocess, operator, inputs, args.batch_size, window)
+                run = run_operator(preprocess, operator, inputs, args.batch_size, window)
                 reference = reference if reference is not None else run.texts
-                spread = shared.token_spread(run.row_tokens)
+                spread = token_spread(run.row_tokens)
                 print(
                     f"  window {window}, refill fraction {fraction:g}: {run.seconds / run.images:.3f} s/img, "
                     f"live rows per decoding step {run.rows_per_decode_step:.2f} of {args.batch_size}, "
