@@ -61,6 +61,7 @@ from llava_batch.operators.batch import object_array  # noqa: E402
 
 # Neither of these imports Ray: operators/ never does, and llava_batch.pipeline.families.tiny_models only imports the prompt formats.
 from llava_batch.operators.generation import replica as generate_module  # noqa: E402
+from llava_batch.operators.generation.loading import resolve_dtype  # noqa: E402
 from llava_batch.operators.generation.replica import REPLICA_STATS_COLUMN, Generate  # noqa: E402
 from llava_batch.operators.preprocess import PreprocessForModel  # noqa: E402
 from llava_batch.pipeline.families.prompt_formats import FAMILY_FORMATS, chat_template  # noqa: E402
@@ -352,7 +353,7 @@ def build_model(
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **spec.model_kwargs,
     )
-    config._attn_implementation = "sdpa"  # what llava_batch.operators.generation.replica.load_model asks for
+    config._attn_implementation = "sdpa"  # what llava_batch.operators.generation.loading.load_model asks for
     torch.manual_seed(seed)
     with torch.device(device), default_dtype(dtype):
         model = model_class(config)
@@ -373,9 +374,9 @@ def generate_operator_around(
 ) -> Generate:
     """The project's Generate operator holding an in-memory model instead of loading weights from disk.
 
-    Generate's constructor loads weights with llava_batch.operators.generation.replica.load_model and the tokenizer from the
-    checkpoint directory; only the weights loader is swapped (saving and reloading 14 GB would take minutes),
-    so everything else the constructor sets up is the operator's own.
+    Generate's constructor loads weights with llava_batch.operators.generation.loading.load_model (patched where the
+    replica module imported it) and the tokenizer from the checkpoint directory; only the weights loader is swapped
+    (saving and reloading 14 GB would take minutes), so everything else the constructor sets up is the operator's own.
     """
     with mock.patch.object(generate_module, "load_model", lambda *args, **kwargs: model):
         return Generate(str(checkpoint_dir), generate_kwargs=generate_kwargs)
@@ -1034,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = generate_module.resolve_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
     env = environment(device, dtype)
     print(
         f"gpu_generation: config {args.config}, {env['device']}, {env['dtype']}, torch {env['torch']}, "
