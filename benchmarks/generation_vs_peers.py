@@ -13,7 +13,7 @@ dir (Llama text model: hidden 1024, 8 layers; CLIP vision tower: hidden 768, 4 l
 so 256 image tokens; the offline BPE tokenizer of llava_batch.pipeline.families.tiny_models), large enough that the model, not the
 Python around it, takes the time. The same model object, processor and 640x480 JPEGs serve three variants:
   - operator: PreprocessForModel + Generate, in batches of `batch size` rows as Ray Data hands them over;
-    Generate loads the checkpoint from the temp dir with its own loader (llava_batch.operators.generation.replica.load_model);
+    Generate loads the checkpoint from the temp dir with its own loader (llava_batch.operators.generation.loading.load_model);
   - pipeline: transformers.pipeline("image-text-to-text", model=..., processor=...) called on the list of chats
     with batch_size (left padding), images given by path so it decodes them itself;
   - loop: one `processor(...)` + `model.generate` + decode per image.

@@ -55,7 +55,7 @@ from benchmarks.common.models import (
 )
 from benchmarks.common.report import environment, format_table, summarize, summary_line, token_spread_lines
 from benchmarks.common.variants import fixed_length_kwargs, measure_variants, varied_length_kwargs
-from llava_batch.operators.generation import replica as generate_module
+from llava_batch.operators.generation.loading import resolve_dtype
 from llava_batch.operators.preprocess import PreprocessForModel
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = generate_module.resolve_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
     env = environment(device, dtype)
     print(
         f"gpu_generation: config {args.config}, {env['device']}, {env['dtype']}, torch {env['torch']}, "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llava_batch.operators.generation.replica import left_pad_collate
+from llava_batch.operators.generation.collate import left_pad_collate
 from llava_batch.operators.preprocess import PreprocessForModel
 from llava_batch.pipeline.families.tiny_models import FAMILIES, IMAGE_SIZE, METADATA_FILE, build_tiny_model
 from llava_batch.training.oracle import MAX_IMAGE_PIXELS, evaluate, image_payload

@@ -296,7 +296,7 @@ def build_model(
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **spec.model_kwargs,
     )
-    config._attn_implementation = "sdpa"  # what llava_batch.operators.generation.replica.load_model asks for
+    config._attn_implementation = "sdpa"  # what llava_batch.operators.generation.loading.load_model asks for
     torch.manual_seed(seed)
     with torch.device(device), default_dtype(dtype):
         model = model_class(config)
@@ -317,7 +317,8 @@ def generate_operator_around(
 ) -> Generate:
     """The project's Generate operator holding an in-memory model instead of loading weights from disk.
 
-    Generate's constructor loads weights with llava_batch.operators.generation.replica.load_model and the tokenizer from the
+    Generate's constructor loads weights with llava_batch.operators.generation.loading.load_model (patched where the
+    replica module imported it) and the tokenizer from the
     checkpoint directory; only the weights loader is swapped (saving and reloading 14 GB would take minutes),
     so everything else the constructor sets up is the operator's own.
     """

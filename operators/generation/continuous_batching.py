@@ -6,7 +6,7 @@ caption lengths vary (10 to 200 tokens is common) most of the batch can be finis
 keeps its own KV entries, right-aligned in one left-padded cache (padding is masked, position ids count real
 tokens only), so rows admitted later join the running batch. Greedy outputs are those of the plain batched call
 (tests/operators/test_continuous_batching.py); sampling draws from a generator per row seeded from its id, so a
-row samples the same text whatever rows share its batch. Used by llava_batch.operators.generation.replica when the decoding settings
+row samples the same text whatever rows share its batch. Chosen by llava_batch.operators.generation.decoders when the decoding settings
 are ones reproduced here (`decoding_settings`); anything else runs `model.generate`.
 """
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from llava_batch.operators.generation.replica import left_pad_collate
+from llava_batch.operators.generation.collate import left_pad_collate
 from llava_batch.operators.tensor_codec import pack_arrays, unpack_arrays
 
 
