@@ -78,11 +78,6 @@ class _RealGeometry:
     grid_pinpoints: tuple[tuple[int, int], ...] | None = None  # LLaVA-NeXT anyres (height, width)
     text_model_type: str | None = None  # None: the family's tiny text model type
 
-    def image_tokens(self, num_additional_image_tokens: int, select_strategy: str) -> int:
-        """Image tokens per (base) image: patches, plus the tower's extra tokens unless "default" drops them."""
-        kept = 0 if select_strategy == "default" else num_additional_image_tokens
-        return (self.image_size // self.patch_size) ** 2 + kept
-
 
 # Values from the public config.json and preprocessor_config.json / processor_config.json of each hub repo
 # (read through copies of those files; the hub itself is not reachable from here):
@@ -93,7 +88,8 @@ class _RealGeometry:
 #   image_grid_pinpoints [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] (config and
 #   LlavaNextImageProcessor alike); text model mistral.
 # - llava-hf/vip-llava-7b-hf: CLIP ViT-L/14 at 336 px (576 tokens), vision_feature_layers [-2, -5, -8, -11, 6]
-#   (VipLlavaConfig's default, which the tiny build keeps; see VIPLLAVA_VISION_LAYERS).
+#   (VipLlavaConfig's default, which the tiny build keeps, see VIPLLAVA_VISION_LAYERS; vip-llava-13b-hf's
+#   config.json spells the list out, the 7b one leaves it to that default).
 # - llava-hf/llava-interleave-qwen-0.5b-hf: siglip_vision_model image_size 384, patch_size 14 (26 layers,
 #   vision_use_head false), vision_feature_layer -1, vision_feature_select_strategy "full"; SiglipImageProcessor
 #   384x384; processor num_additional_image_tokens 0 -> 27 * 27 = 729 image tokens; text model qwen2.
