@@ -101,8 +101,8 @@ def report_result(result: Any, max_error_rate: float) -> int:
 def run_make_tiny_model(args: argparse.Namespace) -> int:
     from llava_batch.pipeline.families.tiny_models import build_tiny_model
 
-    path = build_tiny_model(args.family, args.out, seed=args.seed)
-    print(f"tiny {args.family} model written to {path}")
+    path = build_tiny_model(args.family, args.out, seed=args.seed, geometry=args.geometry)
+    print(f"tiny {args.family} model ({args.geometry} geometry) written to {path}")
     return 0
 
 
@@ -312,7 +312,7 @@ def add_cluster_commands(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llava_batch.pipeline.families.tiny_models import FAMILIES
+    from llava_batch.pipeline.families.tiny_models import FAMILIES, GEOMETRIES
 
     parser = argparse.ArgumentParser(
         prog="llava-batch", description="Batch inference for LLaVA-family models on Ray"
@@ -340,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
     tiny.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights (same seed, same model; default: 0)"
+    )
+    tiny.add_argument(
+        "--geometry",
+        choices=GEOMETRIES,
+        default="tiny",
+        help="image geometry: tiny (32 px, 16 image tokens) or real (the public checkpoint's: 336/384 px, "
+        "576-2,900 image tokens per image, with tiny weights; default: tiny)",
     )
     tiny.set_defaults(handler=run_make_tiny_model)
     add_cluster_commands(commands)

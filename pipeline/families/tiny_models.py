@@ -1,6 +1,9 @@
 """Build tiny random-weight LLaVA-family checkpoints offline, in the real transformers classes, for tests.
 
 Each is a save_pretrained directory: float32 safetensors, its own byte-level BPE tokenizer, processor, chat template.
+Geometry "tiny" (the default) uses 32 px images and 16 image tokens; geometry "real" keeps the small weights but
+copies the vision input side, patch, anyres pinpoints, feature layers and processor settings of the family's
+public checkpoint, so an image costs as many tokens and pixel bytes as with the real model (576 for LLaVA-1.5).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ VIPLLAVA_VISION_LAYERS = 12
 # instead of repeating one token.
 INITIALIZER_RANGE = 0.1
 METADATA_FILE = "tiny_model.json"
+GEOMETRIES = ("tiny", "real")
+# Real geometry: positions enough for LLaVA-NeXT's largest anyres image (about 2,900 tokens) plus the prompt.
+REAL_MAX_POSITIONS = 4096
 
 # A few lines of English, and the prompt formats' words, to train the BPE merges on.
 _CORPUS = """\
@@ -61,6 +67,37 @@ USER: ASSISTANT: [INST] [/INST] ###Human: ###Assistant: system user assistant
 
 
 @dataclass(frozen=True)
+class _RealGeometry:
+    """What a family's public checkpoint fixes about images; the weights stay tiny (hidden sizes, layer count)."""
+
+    checkpoint: str  # the hub repo whose config.json / preprocessor_config.json the values come from
+    image_size: int
+    patch_size: int
+    # Layers built in the tiny tower: enough for every index the feature-layer settings name.
+    vision_layers: int
+    grid_pinpoints: tuple[tuple[int, int], ...] | None = None  # LLaVA-NeXT anyres (height, width)
+    text_model_type: str | None = None  # None: the family's tiny text model type
+
+
+# Values from the public config.json and preprocessor_config.json / processor_config.json of each hub repo
+# (read through copies of those files; the hub itself is not reachable from here):
+# - llava-hf/llava-1.5-7b-hf: vision_config clip_vision_model image_size 336, patch_size 14, 24 layers;
+#   vision_feature_layer -2, vision_feature_select_strategy "default"; CLIPImageProcessor shortest_edge 336,
+#   crop 336x336; processor patch_size 14, num_additional_image_tokens 1 -> (336 / 14) ** 2 = 576 image tokens.
+# - llava-hf/llava-v1.6-mistral-7b-hf: the same CLIP ViT-L/14 at 336 px, vision_feature_layer -2, "default";
+#   image_grid_pinpoints [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] (config and
+#   LlavaNextImageProcessor alike); text model mistral.
+# - llava-hf/vip-llava-7b-hf: CLIP ViT-L/14 at 336 px (576 tokens), vision_feature_layers [-2, -5, -8, -11, 6]
+#   (VipLlavaConfig's default, which the tiny build keeps, see VIPLLAVA_VISION_LAYERS; vip-llava-13b-hf's
+#   config.json spells the list out, the 7b one leaves it to that default).
+# - llava-hf/llava-interleave-qwen-0.5b-hf: siglip_vision_model image_size 384, patch_size 14 (26 layers,
+#   vision_use_head false), vision_feature_layer -1, vision_feature_select_strategy "full"; SiglipImageProcessor
+#   384x384; processor num_additional_image_tokens 0 -> 27 * 27 = 729 image tokens; text model qwen2.
+REAL_PATCH_SIZE = 14
+_LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+@dataclass(frozen=True)
 class _FamilySpec:
     model_class: str
     processor_class: str
@@ -74,6 +111,7 @@ class _FamilySpec:
     vision_feature_select_strategy: str
     # None: the model class's default (VipLlavaConfig has no strategy field and always drops CLS).
     vision_feature_layer: int | None
+    real: _RealGeometry  # `geometry="real"`: the public checkpoint's image geometry
 
 
 _SPECS: dict[str, _FamilySpec] = {
@@ -87,6 +125,7 @@ _SPECS: dict[str, _FamilySpec] = {
         num_additional_image_tokens=1,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
+        real=_RealGeometry("llava-hf/llava-1.5-7b-hf", 336, REAL_PATCH_SIZE, vision_layers=VISION_LAYERS),
     ),
     "llava_next": _FamilySpec(
         model_class="LlavaNextForConditionalGeneration",
@@ -98,6 +137,14 @@ _SPECS: dict[str, _FamilySpec] = {
         num_additional_image_tokens=1,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
+        real=_RealGeometry(
+            "llava-hf/llava-v1.6-mistral-7b-hf",
+            336,
+            REAL_PATCH_SIZE,
+            vision_layers=VISION_LAYERS,
+            grid_pinpoints=_LLAVA_NEXT_PINPOINTS,
+            text_model_type="mistral",
+        ),
     ),
     "vipllava": _FamilySpec(
         model_class="VipLlavaForConditionalGeneration",
@@ -109,6 +156,9 @@ _SPECS: dict[str, _FamilySpec] = {
         num_additional_image_tokens=1,
         vision_feature_select_strategy="default",
         vision_feature_layer=None,
+        real=_RealGeometry(
+            "llava-hf/vip-llava-7b-hf", 336, REAL_PATCH_SIZE, vision_layers=VIPLLAVA_VISION_LAYERS
+        ),
     ),
     # LLaVA-Interleave: SigLIP has no CLS token, so the model keeps every feature ("full").
     "llava_interleave": _FamilySpec(
@@ -121,6 +171,9 @@ _SPECS: dict[str, _FamilySpec] = {
         num_additional_image_tokens=0,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
+        real=_RealGeometry(
+            "llava-hf/llava-interleave-qwen-0.5b-hf", 384, REAL_PATCH_SIZE, vision_layers=VISION_LAYERS
+        ),
     ),
 }
 
@@ -169,7 +222,11 @@ def build_tokenizer(chatml: bool = False, extra_corpus: str = "") -> Any:
 
 
 def _vision_config(
-    spec: _FamilySpec, hidden: int = VISION_HIDDEN, layers: int | None = None, image_size: int = IMAGE_SIZE
+    spec: _FamilySpec,
+    hidden: int = VISION_HIDDEN,
+    layers: int | None = None,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "model_type": spec.vision_model_type,
@@ -178,7 +235,7 @@ def _vision_config(
         "num_hidden_layers": spec.vision_layers if layers is None else layers,
         "num_attention_heads": 4,
         "image_size": image_size,
-        "patch_size": PATCH_SIZE,
+        "patch_size": patch_size,
         "initializer_range": INITIALIZER_RANGE,
     }
     if spec.vision_model_type == "clip_vision_model":
@@ -187,17 +244,22 @@ def _vision_config(
 
 
 def _text_config(
-    spec: _FamilySpec, tokenizer: Any, hidden: int = TEXT_HIDDEN, layers: int = 2
+    spec: _FamilySpec,
+    tokenizer: Any,
+    hidden: int = TEXT_HIDDEN,
+    layers: int = 2,
+    model_type: str | None = None,
+    max_positions: int = 512,
 ) -> dict[str, Any]:
-    return {
-        "model_type": spec.text_model_type,
+    config: dict[str, Any] = {
+        "model_type": model_type or spec.text_model_type,
         "vocab_size": len(tokenizer),
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
+        "max_position_embeddings": max_positions,
         "initializer_range": INITIALIZER_RANGE,
         # Tied input/output embeddings with random weights make the model repeat one token.
         "tie_word_embeddings": False,
@@ -205,6 +267,10 @@ def _text_config(
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if config["model_type"] == "mistral":
+        # llava-v1.6-mistral-7b-hf's text_config has sliding_window null (full attention), not Mistral's 4096.
+        config["sliding_window"] = None
+    return config
 
 
 def grid_pinpoints(image_size: int = IMAGE_SIZE) -> list[list[int]]:
@@ -215,7 +281,14 @@ def grid_pinpoints(image_size: int = IMAGE_SIZE) -> list[list[int]]:
     ]
 
 
-def _image_processor(spec: _FamilySpec, image_size: int = IMAGE_SIZE) -> Any:
+def real_geometry(family: str) -> _RealGeometry:
+    """The image geometry of `family`'s public checkpoint (what `geometry="real"` builds)."""
+    return _family_spec(family).real
+
+
+def _image_processor(
+    spec: _FamilySpec, image_size: int = IMAGE_SIZE, pinpoints: list[list[int]] | None = None
+) -> Any:
     import transformers
 
     # The *Pil class by name: with torchvision installed the plain name is the torchvision backend, whose pixel
@@ -230,7 +303,7 @@ def _image_processor(spec: _FamilySpec, image_size: int = IMAGE_SIZE) -> Any:
     }
     if spec.processor_class == "LlavaNextProcessor":
         # Must equal the model config's pinpoints, or the processor's token count and the model's features differ.
-        kwargs["image_grid_pinpoints"] = grid_pinpoints(image_size)
+        kwargs["image_grid_pinpoints"] = pinpoints or grid_pinpoints(image_size)
     return image_processor_class(**kwargs)
 
 
@@ -239,61 +312,91 @@ def build_tiny_model(
     out_dir: str | Path,
     seed: int = 0,
     *,
+    geometry: str = "tiny",
     text_hidden: int = TEXT_HIDDEN,
     text_layers: int = 2,
     vision_hidden: int = VISION_HIDDEN,
     vision_layers: int | None = None,
-    image_size: int = IMAGE_SIZE,
+    image_size: int | None = None,
     tokenizer_corpus: str = "",
 ) -> Path:
     """Write a tiny random-weight checkpoint of `family` (one of FAMILIES) to out_dir and return its path.
 
     It loads back with AutoProcessor.from_pretrained(out_dir, backend="pil") and
     AutoModelForImageTextToText.from_pretrained(out_dir). The same seed gives byte-identical files.
+    `geometry`: "tiny" (32 px images, 8 px patches, 16 image tokens) or "real" (the public checkpoint's vision
+    input side, patch size, anyres pinpoints, feature layers and processor settings; see _RealGeometry), with
+    tiny weights either way.
     The keyword arguments size a larger model (training/train_tiny.py trains one): hidden sizes and layer counts
-    of the text and vision models (vision_layers None: the family's default), the vision input side (a multiple
-    of PATCH_SIZE; LLaVA-NeXT's pinpoints scale with it), and extra tokenizer corpus lines.
+    of the text and vision models (vision_layers None: the family's default), the vision input side (tiny
+    geometry only: a multiple of PATCH_SIZE; LLaVA-NeXT's pinpoints scale with it), and extra tokenizer corpus
+    lines.
     """
     import torch
     import transformers
 
     spec = _family_spec(family)
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown geometry {geometry!r}; choose one of {', '.join(GEOMETRIES)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     template = chat_template(FAMILY_FORMATS[family])
 
-    # 1. Tokenizer; the model's image_token_index must be its id of <image>.
+    # 1. The image geometry: the tiny one, or the public checkpoint's.
+    if geometry == "real":
+        real = spec.real
+        if image_size is not None and image_size != real.image_size:
+            raise ValueError(
+                f"image_size {image_size} conflicts with geometry 'real' ({real.checkpoint} uses {real.image_size})"
+            )
+        image_size, patch_size = real.image_size, real.patch_size
+        pinpoints = [list(point) for point in real.grid_pinpoints or ()]
+        vision_layers = real.vision_layers if vision_layers is None else vision_layers
+        text_model_type, max_positions = real.text_model_type, REAL_MAX_POSITIONS
+    else:
+        image_size = IMAGE_SIZE if image_size is None else image_size
+        patch_size, pinpoints = PATCH_SIZE, grid_pinpoints(image_size)
+        text_model_type, max_positions = None, 512
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 2. Tokenizer; the model's image_token_index must be its id of <image>.
     tokenizer = build_tokenizer(chatml=spec.text_model_type == "qwen2", extra_corpus=tokenizer_corpus)
     tokenizer.chat_template = template
 
-    # 2. Model config.
+    # 3. Model config.
     model_class = getattr(transformers, spec.model_class)
+    vision_config = _vision_config(spec, vision_hidden, vision_layers, image_size, patch_size)
+    if geometry == "real" and spec.vision_model_type == "siglip_vision_model":
+        vision_config["vision_use_head"] = (
+            False  # as in llava-interleave-qwen-0.5b-hf: features, no pooling head
+        )
     config_kwargs: dict[str, Any] = {
-        "vision_config": _vision_config(spec, vision_hidden, vision_layers, image_size),
-        "text_config": _text_config(spec, tokenizer, text_hidden, text_layers),
+        "vision_config": vision_config,
+        "text_config": _text_config(
+            spec, tokenizer, text_hidden, text_layers, model_type=text_model_type, max_positions=max_positions
+        ),
         "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        "image_seq_length": (image_size // PATCH_SIZE) ** 2,
+        "image_seq_length": (image_size // patch_size) ** 2,
     }
     if spec.vision_feature_layer is not None:
         config_kwargs["vision_feature_layer"] = spec.vision_feature_layer
         config_kwargs["vision_feature_select_strategy"] = spec.vision_feature_select_strategy
     if spec.processor_class == "LlavaNextProcessor":
-        config_kwargs["image_grid_pinpoints"] = grid_pinpoints(image_size)
+        config_kwargs["image_grid_pinpoints"] = pinpoints
     config = model_class.config_class(**config_kwargs)
 
-    # 3. Seeded float32 weights on CPU.
+    # 4. Seeded float32 weights on CPU.
     torch.manual_seed(seed)
     model = model_class(config).to(torch.float32).eval()
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    # 4. Processor: patch_size, extra tokens and strategy let it expand <image> into the model's feature count.
+    # 5. Processor: patch_size, extra tokens and strategy let it expand <image> into the model's feature count.
     processor_class = getattr(transformers, spec.processor_class)
     processor = processor_class(
-        image_processor=_image_processor(spec, image_size),
+        image_processor=_image_processor(spec, image_size, pinpoints),
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         num_additional_image_tokens=spec.num_additional_image_tokens,
         chat_template=template,
@@ -302,8 +405,9 @@ def build_tiny_model(
 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    (out / METADATA_FILE).write_text(json.dumps({"family": family, "seed": seed}, indent=2) + "\n")
-    logger.info("tiny %s model (seed %d) written to %s", family, seed, out)
+    metadata = {"family": family, "seed": seed, "geometry": geometry}
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    logger.info("tiny %s model (seed %d, %s geometry) written to %s", family, seed, geometry, out)
     return out
 
 

@@ -86,7 +86,11 @@ def test_loads_back_with_the_right_classes(
     assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
     assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id
     assert not model.config.text_config.tie_word_embeddings
-    assert json.loads((tiny_model_dirs[family] / METADATA_FILE).read_text()) == {"family": family, "seed": 0}
+    assert json.loads((tiny_model_dirs[family] / METADATA_FILE).read_text()) == {
+        "family": family,
+        "seed": 0,
+        "geometry": "tiny",
+    }
     assert (tiny_model_dirs[family] / "model.safetensors").is_file()
 
 
