@@ -5,8 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# pytest workers for `make test`; each runs its own local Ray and SeaweedFS (about 2 GiB each).
-TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-slow test-all test-unit test-integration test-gpu lint format bench clean
 
@@ -22,11 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m llava_batch.jobs.demo --out out
 
-## The test suite every change runs (unit + integration; no GPU needed; under 8 minutes on 2 cores)
+## The suite every change runs: unit tests and an integration smoke set (no GPU; under 8 minutes on 2 cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu and not slow" -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not gpu and not slow" -q --durations=25
 
-## The fault and cluster tests that take minutes (killed drivers, store outages, a Ray head); CI runs them too
+## The rest (marked slow): faults, clusters, the other job variants, benchmark scripts; CI runs it after `test`
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --durations=25
 

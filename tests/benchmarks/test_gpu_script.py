@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+# Each case runs the benchmark script in a fresh interpreter: `make test-slow` (CI runs it).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("llava", "llava_next", "llava_interleave")
 BATCH_SIZES = (1, 4)

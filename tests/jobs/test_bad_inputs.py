@@ -82,6 +82,7 @@ def test_oversize_images_are_refused_under_the_job_limit(tmp_path):
         decode_image(png_bomb(3000, 3000), max_image_pixels=1_000_000)
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_parquet_files_with_bad_ids_or_columns_lose_no_row(tmp_path, tiny_models):
     """Duplicate and null ids, a file whose image column is int64 and one with no image column: every table
     row is one output row, the good rows are captioned, the run finishes with a manifest and exit 0."""

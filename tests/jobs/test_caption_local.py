@@ -104,6 +104,7 @@ def test_caption_writes_one_row_per_image_with_errors_as_rows(tmp_path, image_fo
     assert sorted(rows) == expected_ids and {row["prompt"] for row in rows.values()} == {"Something else?"}
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_output_loads_with_hf_datasets(tmp_path, tiny_models):
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "in"
@@ -187,6 +188,7 @@ def test_unsupported_model_family_is_refused(tmp_path, capsys):
     assert "model_type 'bert' is not a LLaVA family" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models, capsys):
     folder = tmp_path / "in"
     write_images(folder, 5)
@@ -215,6 +217,7 @@ def test_prompt_set_with_limit_gives_one_row_per_prompt(tmp_path, tiny_models, c
     assert "; 3 rows reused another row's image prefill" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path, tiny_models):
     from llava_batch.pipeline.io.shards import ReadSpec
 
@@ -233,6 +236,7 @@ def test_sample_selects_a_seeded_subset_and_empty_shards_are_committed(tmp_path,
     assert len(list((tmp_path / "a").glob("part-*.parquet"))) == 8
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_too_many_errors_exit_non_zero_after_writing_everything(tmp_path, tiny_models, capsys):
     folder = tmp_path / "in"
     write_images(folder, 2)

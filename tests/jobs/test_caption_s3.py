@@ -61,7 +61,13 @@ def alone(model: str, images: list[bytes]) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# LLaVA-1.5 in the smoke set of `make test`; the other families in `make test-slow` (the oracle test runs all four).
+FAMILY_PARAMS = [
+    pytest.param(family, marks=() if family == "llava" else pytest.mark.slow) for family in FAMILIES
+]
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_caption_s3_to_s3(family, seaweedfs, s3_bucket, tiny_models, monkeypatch):
     for name, value in seaweedfs.env().items():
         monkeypatch.setenv(name, value)
@@ -102,6 +108,7 @@ def test_caption_s3_to_s3(family, seaweedfs, s3_bucket, tiny_models, monkeypatch
     assert sorted(row["id"] for row in read_output(fs, s3_bucket)) == expected_ids
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_secrets_never_reach_output_manifest_or_logs(seaweedfs, s3_bucket, tiny_models, monkeypatch, capfd):
     from tests.conftest import SEAWEEDFS_SECRET_KEY
 

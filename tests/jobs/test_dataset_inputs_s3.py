@@ -42,6 +42,7 @@ def s3_env(seaweedfs, monkeypatch):
     return seaweedfs.fs()
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_webdataset_shards_with_sidecars(s3_env, s3_bucket, tiny_models):
     fs = s3_env
     categories = {}
@@ -85,6 +86,7 @@ def test_webdataset_shards_with_sidecars(s3_env, s3_bucket, tiny_models):
     assert all(rows[row_id]["error"].startswith("read: sample has no image") for row_id in no_image)
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_parquet_table_with_prompt_and_id_columns(s3_env, s3_bucket, tiny_models):
     fs = s3_env
     table = pa.table(

@@ -9,6 +9,7 @@ from tests.support.images import image_bytes
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_each_folder_is_one_row_and_a_wrong_image_count_is_an_error_row(tmp_path, tiny_models, capsys):
     layout = {"video1": 2, "video2": 2, "video3": 3}
     for folder, count in layout.items():

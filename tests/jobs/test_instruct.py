@@ -33,6 +33,7 @@ def shape_folder(tmp_path):
     return folder, truth
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_instruct_writes_one_row_per_conversation_with_answers_for_its_own_image(
     tmp_path, shape_folder, capsys
 ):

@@ -70,6 +70,7 @@ def run(argv):
     return {row["id"]: row for row in pq.read_table(argv[argv.index("--output") + 1]).to_pylist()}
 
 
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
     answers = write_table(tmp_path / "in")
     common = ["--model", "builtin:llava", "--id-column", "uid", "--image-column", "images"]

@@ -31,6 +31,7 @@ def write_heldout(folder, count: int) -> dict[str, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_8bit_caption_job_records_quantization_and_replica_memory(tmp_path, capsys):
     pytest.importorskip("bitsandbytes")
     answers = write_heldout(tmp_path / "in", 4)

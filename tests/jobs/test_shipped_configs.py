@@ -87,6 +87,7 @@ def test_cluster_configs_load_with_offline_substitutions(path, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_the_local_config_runs_as_its_first_line_says(tmp_path, monkeypatch, capsys):
     # A checkout after `make demo`: the configs and out/demo-images, run from its root (the model is builtin:llava).
     (tmp_path / "jobs" / "configs").mkdir(parents=True)

@@ -222,6 +222,7 @@ def test_mixed_aspect_batch_equals_each_row_alone(family: str, operators: dict) 
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # beyond the smoke set of `make test`; CI runs it (`make test-slow`)
 def test_caption_job_with_a_real_geometry_model(
     tmp_path: Path, real_models: dict[str, Path], operators: dict
 ) -> None:
