@@ -172,7 +172,7 @@ def model_call_stages(
             Generate,
             # A window of several batches per call, regrouped by prompt length inside the replica.
             batch_size=config.batch_size * config.length_window,
-            num_cpus=shares.generate,
+            num_cpus=shares.replica_request(gpus),
             num_gpus=gpus,
             pool=(config.replicas.min, config.replicas.max),
             constructor_kwargs={

@@ -82,7 +82,18 @@ class CpuShares:
 
     read: float
     preprocess: float
+    # The CPU a model replica is planned to use (kept out of the CPU actors' shares on its node).
     generate: float
+
+    def replica_request(self, gpus_per_replica: float) -> float:
+        """The CPUs a replica asks Ray for: its planned share on CPU, none for a GPU replica.
+
+        A GPU replica's placement must never wait for a CPU: on a cluster of 1-CPU GPU workers, a preprocessing
+        actor placed on a GPU worker while the head was busy with read tasks took the CPU its replica needed,
+        and that replica never started (seen in tests/cluster/test_multinode.py). The GPU is what places a
+        replica; the plan still leaves `generate` CPUs per replica out of the CPU actors' shares.
+        """
+        return 0.0 if gpus_per_replica else self.generate
 
 
 @dataclass(frozen=True)

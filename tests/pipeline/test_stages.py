@@ -47,6 +47,17 @@ def test_head_plus_one_cpu_gpu_workers_keeps_the_head_for_preprocessing_and_read
     assert not reads_always_fit([2, 0, 0], 1.0, 2, READ_CPUS)
 
 
+def test_gpu_replicas_ask_ray_for_gpus_only_so_cpu_work_can_never_block_their_placement():
+    shares = plan_cpu_shares(
+        HEAD_AND_TWO_GPU_WORKERS, preprocess_workers=2, max_replicas=2, gpus_per_replica=1
+    )
+    assert shares.replica_request(1) == 0.0
+    assert shares.replica_request(2) == 0.0
+    # CPU replicas are CPU work: they ask for their share.
+    cpu = plan_cpu_shares([NodeResources(2, 0)], preprocess_workers=1, max_replicas=1, gpus_per_replica=0)
+    assert cpu.replica_request(0) == cpu.generate == 0.875
+
+
 def test_one_cpu_node_without_gpus_runs_cpu_replicas_beside_reads():
     shares = plan_cpu_shares([NodeResources(2, 0)], preprocess_workers=1, max_replicas=1, gpus_per_replica=0)
     assert shares == CpuShares(read=READ_CPUS, preprocess=0.875, generate=0.875)
