@@ -49,12 +49,22 @@ def test_video_files_in_an_image_folder_are_rows_of_n_frames(tmp_path, tiny_mode
     model = str(tiny_models["llava_interleave"])
     output = tmp_path / "out"
     argv = ["caption", "--input", str(folder), "--output", str(output), "--model", model]
-    argv += ["--video-frames", "4", "--max-new-tokens", "2", "--max-error-rate", "0.5", "--prompt", "What moves?"]
+    argv += [
+        "--video-frames",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--max-error-rate",
+        "0.5",
+        "--prompt",
+        "What moves?",
+    ]
     assert main(argv) == 0
 
     rows = {row["id"]: row for row in pq.read_table(output).to_pylist()}
     assert sorted(rows) == ["cut.mp4", "green.MKV", "red.mp4", "still.png"]
-    assert rows["cut.mp4"]["error"].startswith("decode: cannot decode the video: ")
+    # What FFmpeg makes of a cut depends on where it falls (tests/operators/test_video.py has the cases).
+    assert rows["cut.mp4"]["error"].startswith("decode: ")
     assert rows["cut.mp4"]["num_frames"] is None and rows["cut.mp4"]["generated_text"] is None
     still = rows["still.png"]
     assert still["error"] is None and still["num_frames"] is None and still["frame_timestamps"] is None
