@@ -12,7 +12,7 @@ from typing import Any
 from llava_batch.pipeline.config import ConfigError, JobConfig, ModelSettings
 from llava_batch.pipeline.families import ModelInfo
 from llava_batch.pipeline.io.shards import ReadSpec, Shard, with_sample_ids
-from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, StorageOptions, absolute_local_path
+from llava_batch.pipeline.io.storage import IMAGE_FOLDER_EXTENSIONS, StorageOptions, absolute_local_path
 from llava_batch.pipeline.run.ray_cluster import ClusterResources
 from llava_batch.pipeline.run.stages import CpuShares, Stage
 
@@ -49,7 +49,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
     """Everything that can be checked (settings, model family, input listing) is checked before Ray starts, so a
     typo costs seconds, not a cluster start; then connect to (or start) Ray."""
     from llava_batch.pipeline.families import check_model_loadable, inspect_model
-    from llava_batch.pipeline.io.formats import plan_shards
+    from llava_batch.pipeline.io.formats import check_video_decoder, plan_shards
     from llava_batch.pipeline.io.storage import check_store
     from llava_batch.pipeline.run.ray_cluster import configure_ray_data, connect
 
@@ -75,8 +75,9 @@ def set_up_job(config: JobConfig) -> JobSetup:
     if not shards:
         raise ConfigError(
             f"input: nothing to read under {config.input!r} as {input_format} "
-            f"(image files: {', '.join(IMAGE_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
+            f"(image or video files: {', '.join(IMAGE_FOLDER_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
         )
+    check_video_decoder(input_format, shards, options)
     warn_local_input(config)
     resources = connect(config.address)
     configure_ray_data()

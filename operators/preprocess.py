@@ -3,7 +3,7 @@
 Reads `image_bytes` (bytes of an image or a video, or a list of image bytes for multi-image rows), `prompt`,
 optional `conversation` (JSON messages, or a JSON string: a prompt already rendered, used verbatim), `fields` (for a
 VipLLaVA `visual_prompt` annotation) and `error`; writes `model_inputs` (packed arrays), `num_input_tokens`,
-`num_image_tokens`, `error` (and `num_frames`, `frame_timestamps` in batches holding a video); drops `image_bytes`
+`num_image_tokens`, `num_frames`, `frame_timestamps` (video rows; None for images), `error`; drops `image_bytes`
 (unless a later model call needs them).
 Pixel values are packed as uint8 where the processor allows it (llava_batch.operators.pixel_transport), else as float32.
 JPEGs are decoded at a reduced scale that still leaves the processor's target size (`decode_min_size`) unless
@@ -87,8 +87,8 @@ class PreprocessForModel:
         full (its coordinates are in pixels of the original image).
 
         `video_frames`: a row whose bytes are a video (llava_batch.operators.video) shows the model that many frames,
-        sampled uniformly over its duration, as that many images in one turn; such a batch also gets `num_frames`
-        and `frame_timestamps` (seconds) per row."""
+        sampled uniformly over its duration, as that many images in one turn; its `num_frames` and
+        `frame_timestamps` (seconds) say which (None in image rows)."""
         self.keep_image_bytes = keep_image_bytes
         self.video_frames = video_frames
         self.processor = load_processor(model, trust_remote_code=trust_remote_code)
@@ -157,13 +157,13 @@ class PreprocessForModel:
             model_inputs=packed,
             num_input_tokens=num_input_tokens,
             num_image_tokens=num_image_tokens,
+            # In every batch, videos or not: blocks of one dataset must have the same columns to be merged.
+            num_frames=np.array(
+                [None if value is None else len(value) for value in frame_timestamps], dtype=object
+            ),
+            frame_timestamps=frame_timestamps,
             error=errors,
         )
-        if any(value is not None for value in frame_timestamps):
-            out["num_frames"] = np.array(
-                [None if value is None else len(value) for value in frame_timestamps], dtype=object
-            )
-            out["frame_timestamps"] = frame_timestamps
         return out
 
     def preprocess_row(

@@ -59,6 +59,9 @@ def sample_frames(data: bytes, *, num_frames: int, max_image_pixels: int) -> Sam
         ) from None
     try:
         with av.open(io.BytesIO(data)) as container:
+            if not container.streams:
+                # An MP4 written front to back keeps its index (moov) last: cut short in it, no stream is left.
+                raise VideoDecodeError("no streams in the file (cut short, or not a video?)")
             if not container.streams.video:
                 raise VideoDecodeError("no video stream in the file")
             stream = container.streams.video[0]

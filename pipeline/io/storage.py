@@ -20,10 +20,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from llava_batch.operators.video import VIDEO_EXTENSIONS
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# What an image folder's files can be: a video file is one row too (its sampled frames: llava_batch.operators.video).
+IMAGE_FOLDER_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def list_files(
 ) -> list[str]:
     """Sorted relative paths of the files under `uri` whose extension is in `extensions` (case-insensitive).
 
-    Files with other extensions (videos, text, ...) are skipped: one log line counts them by extension, and
+    Files with other extensions (text, ...) are skipped: one log line counts them by extension, and
     `skipped_out` (for the manifest) gets the counts added.
     """
     fs, root = filesystem_for(uri, options)
@@ -131,7 +135,13 @@ def list_files(
         else:
             skipped[extension] += 1
     if skipped and log_skipped:
-        noun = "non-image" if set(extensions) <= set(IMAGE_EXTENSIONS) else "other"
+        noun = (
+            "non-image"
+            if set(extensions) <= set(IMAGE_EXTENSIONS)
+            else "non-image, non-video"
+            if set(extensions) <= set(IMAGE_FOLDER_EXTENSIONS)
+            else "other"
+        )
         logger.info("%s: skipped %s", uri, skipped_text(skipped, noun))
     if skipped_out is not None:
         skipped_out.update(skipped)

@@ -30,6 +30,9 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "model_inputs": pa.binary(),
     "num_input_tokens": pa.int64(),
     "num_image_tokens": pa.int64(),
+    # video rows (llava_batch.operators.video): frames shown and their start times in seconds; null for images
+    "num_frames": pa.int64(),
+    "frame_timestamps": pa.list_(pa.float64()),
     # results
     "generated_text": pa.string(),
     "num_output_tokens": pa.int64(),

@@ -45,6 +45,9 @@ OUTPUT_COLUMNS = (
     "model",
     "error",
     "shard_id",
+    # Last, so that outputs written before video inputs existed keep their column positions.
+    "num_frames",
+    "frame_timestamps",
 )
 OUTPUT_SCHEMA = pa.schema([(name, COLUMN_TYPES[name]) for name in OUTPUT_COLUMNS])
 # Bookkeeping that travels with rows through the pipeline but is not output.

@@ -39,7 +39,8 @@ def test_special_cases_decode_as_stated():
 def test_every_bad_or_awkward_file_gives_exactly_one_row(tmp_path, tiny_models, caplog):
     folder = tmp_path / "corpus"
     write_corpus(folder)
-    # Beside the images: a link loop (it once turned 44 images into 1,804 rows), a dangling link, non-images.
+    # Beside the images: a link loop (it once turned 44 images into 1,804 rows), a dangling link, a 16-byte
+    # "video" (an input, so an error row) and a text file (skipped).
     (folder / "loop").mkdir()
     os.symlink("..", folder / "loop" / "up")
     os.symlink("moved-away.png", folder / "dangling.png")
@@ -57,12 +58,13 @@ def test_every_bad_or_awkward_file_gives_exactly_one_row(tmp_path, tiny_models, 
     ]
     with caplog.at_level(logging.INFO, logger="llava_batch.pipeline.io.storage"):
         assert main(argv + ["--max-new-tokens", "3", "--batch-size", "4", "--max-error-rate", "0.5"]) == 0
-    assert f"{folder}: skipped 2 non-image files (.mp4: 1, .txt: 1)" in caplog.messages
+    assert f"{folder}: skipped 1 non-image, non-video file (.txt: 1)" in caplog.messages
     table = pq.read_table(output)
     rows = {row["id"]: row for row in table.to_pylist()}
     assert table.num_rows == len(rows)
-    assert sorted(rows) == sorted([*USABLE, *UNUSABLE, "dangling.png"])
+    assert sorted(rows) == sorted([*USABLE, *UNUSABLE, "dangling.png", "clip.mp4"])
     assert rows["dangling.png"]["error"] == "read: broken symlink -> moved-away.png"
+    assert rows["clip.mp4"]["error"].startswith("decode: cannot decode the video: InvalidDataError")
     for name in USABLE:
         assert rows[name]["error"] is None, (name, rows[name]["error"])
         assert isinstance(rows[name]["generated_text"], str) and rows[name]["num_output_tokens"] > 0

@@ -206,3 +206,18 @@ def test_the_follow_up_command_names_the_submit_address(job_file, capsys):
         f"follow it with: llava-batch status llava-batch-caption-x1 --address {address} --wait; "
         f"llava-batch logs llava-batch-caption-x1 --address {address}"
     )
+
+
+def test_video_files_without_pyav_are_one_line_exit_2(tmp_path, tiny_models, capsys, monkeypatch):
+    import sys
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "clip.webm").write_bytes(b"\x1a\x45\xdf\xa3 not decoded before the check")
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails, as without the `video` extra
+    argv = ["caption", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--model", str(tiny_models["llava_interleave"])]) == EXIT_INVALID_SETTINGS
+    assert one_error_line(capsys) == (
+        "llava-batch: error: input: holds video files (clip.webm), which need the av package (PyAV), not "
+        "installed in this environment; install it with `pip install llava-batch[video]`"
+    )
+    assert not (tmp_path / "out").exists()  # refused before any output or cluster work

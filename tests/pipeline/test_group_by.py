@@ -122,3 +122,42 @@ def test_grouping_settings_are_checked_before_any_work(tmp_path):
         CaptionConfig(input="/a", output="/b", model="m", order_by="view")
     with pytest.raises(ConfigError, match="order_by: 'view' cannot be used with --group-by folder"):
         CaptionConfig(input="/a", output="/b", model="m", group_by="folder", order_by="view")
+
+
+def test_three_views_of_one_object_are_one_row_of_three_images_and_three_placeholders(tmp_path, tiny_models):
+    """The README's multi-view recipe: a folder per object, --group-by folder, one `<image>` per view."""
+    from llava_batch.operators.preprocess import PreprocessForModel
+    from llava_batch.operators.tensor_codec import unpack_arrays
+
+    for position, view in enumerate(["1_front", "2_side", "3_top"]):
+        (tmp_path / "in" / "chair").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / "chair" / f"{view}.png").write_bytes(FRAMES[position])
+    _, shards = plan_shards(str(tmp_path / "in"), OPTIONS, group_by="folder")
+    (row,) = read(shards, ReadSpec(group_by="folder"))
+    assert row["id"] == "chair" and row["image_bytes"] == FRAMES[:3]
+    preprocess = PreprocessForModel(str(tiny_models["llava_interleave"]), max_image_pixels=10**6)
+    prompts = [
+        "Front: <image> Side: <image> Top: <image> Which object?",
+        "Which object?",  # no placeholder: all the row's images first
+        "Compare <image> with <image>.",
+        "<image> Which object?",  # one view alone, for one image's token count
+    ]
+    payloads = np.empty(4, dtype=object)
+    payloads[:] = [row["image_bytes"]] * 3 + [row["image_bytes"][:1]]
+    out = preprocess({"image_bytes": payloads, "prompt": np.array(prompts, dtype=object)})
+    assert list(out["error"]) == [
+        None,
+        None,
+        "preprocess: the prompt has 2 image placeholder(s) but the row has 3 image(s)",
+        None,
+    ]
+    one_view = out["num_image_tokens"][3]
+    assert one_view > 0 and list(out["num_image_tokens"][:2]) == [3 * one_view, 3 * one_view]
+    for index in (0, 1):
+        arrays = unpack_arrays(out["model_inputs"][index])
+        assert arrays["pixel_values"].shape[0] == 3
+        ids = arrays["input_ids"].tolist()
+        assert ids.count(preprocess.image_token_id) == 3 * one_view
+    # Where the images go in the text is the chat template's choice (LLaVA-Interleave's puts them all first);
+    # the labelled prompt only adds its words.
+    assert out["num_input_tokens"][0] > out["num_input_tokens"][1]

@@ -1,13 +1,18 @@
 """Listing image folders on a local disk: symlink loops and aliases list each file once, a dangling symlink
-becomes an error row naming its target, and skipped non-image files are counted in the log. No Ray."""
+becomes an error row naming its target, video files are rows (and need PyAV, checked up front), and skipped files
+are counted in the log. No Ray."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
-from llava_batch.pipeline.io.formats import plan_shards
+import pytest
+
+from llava_batch.pipeline.config import ConfigError
+from llava_batch.pipeline.io.formats import check_video_decoder, plan_shards
 from llava_batch.pipeline.io.formats.images import plan_image_shards
 from llava_batch.pipeline.io.read_stage import read_shards
 from llava_batch.pipeline.io.shards import ReadSpec
@@ -65,5 +70,41 @@ def test_skipped_non_image_files_are_counted_in_the_log(tmp_path: Path, caplog) 
         (tmp_path / name).write_bytes(b"x")
     with caplog.at_level(logging.INFO, logger="llava_batch.pipeline.io.storage"):
         shards = plan_image_shards(str(tmp_path), OPTIONS, files_per_shard=10)
-    assert [shard.members for shard in shards] == [("a.jpg",), ("b/c.png",)]
+    # Videos (any case) are inputs like images; with --group-by folder a row is a list of images, so they are not.
+    assert [shard.members for shard in shards] == [("a.jpg",), ("b/c.png", "b/clip2.MP4"), ("clip.mp4",)]
+    assert f"{tmp_path}: skipped 2 non-image, non-video files ((no extension): 1, .txt: 1)" in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llava_batch.pipeline.io.storage"):
+        grouped = plan_image_shards(str(tmp_path), OPTIONS, files_per_shard=10, whole_folders=True)
+    assert [shard.members for shard in grouped] == [("a.jpg", "b/c.png")]
     assert f"{tmp_path}: skipped 4 non-image files (.mp4: 2, (no extension): 1, .txt: 1)" in caplog.messages
+
+
+def test_a_folder_of_videos_is_an_image_folder_of_one_row_per_video(tmp_path: Path) -> None:
+    for name in ["a.webm", "b/c.MOV", "d.mkv", "e.avi", "f.mp4"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"video bytes " + name.encode())
+    rows = read_rows(tmp_path)  # --input-format auto
+    assert sorted(rows) == ["a.webm", "b/c.MOV", "d.mkv", "e.avi", "f.mp4"]
+    assert rows["b/c.MOV"]["image_bytes"] == [b"video bytes b/c.MOV"]
+    assert rows["b/c.MOV"]["source"] == str(tmp_path / "b" / "c.MOV")
+    assert {rows[name]["error"] for name in rows} == {None}
+
+
+def test_video_files_without_pyav_fail_before_ray_starts(tmp_path: Path, monkeypatch) -> None:
+    make_images(tmp_path, ["a.png"])
+    (tmp_path / "clips").mkdir()
+    for name in ["one.mp4", "two.webm"]:
+        (tmp_path / "clips" / name).write_bytes(b"x")
+    kind, shards = plan_shards(str(tmp_path), OPTIONS, files_per_shard=100)
+    check_video_decoder(kind, shards, OPTIONS)  # PyAV is installed here: nothing to say
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails, as without the extra
+    with pytest.raises(ConfigError) as error:
+        check_video_decoder(kind, shards, OPTIONS)
+    assert str(error.value) == (
+        "input: holds video files (clips/one.mp4 and 1 more), which need the av package (PyAV), not installed "
+        "in this environment; install it with `pip install llava-batch[video]`"
+    )
+    # Images only: PyAV is not needed.
+    kind, shards = plan_shards(str(tmp_path), OPTIONS, files_per_shard=100, group_by="folder")
+    check_video_decoder(kind, shards, OPTIONS)

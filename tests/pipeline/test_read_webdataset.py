@@ -16,6 +16,7 @@ from llava_batch.pipeline.io.formats.webdataset import (
     plan_webdataset_shards,
     read_webdataset_shard,
     sample_key,
+    video_files,
 )
 from llava_batch.pipeline.io.listing import expand_braces
 from llava_batch.pipeline.io.read_stage import read_shards
@@ -97,6 +98,23 @@ def test_image_priority_is_jpg_then_jpeg_png_webp(tmp_path: Path) -> None:
     assert json.loads(row["fields"]) == {}
 
 
+def test_a_video_member_is_the_row_input_when_the_sample_has_no_image(tmp_path: Path) -> None:
+    write_tar(
+        tmp_path / "a.tar",
+        [("clip.mp4", b"mp4"), ("clip.txt", b"a clip"), ("both.webm", b"webm"), ("both.png", b"png")],
+    )
+    rows = by_id_of(read_all(tmp_path, "a.tar"))
+    assert rows["a.tar/clip"]["image_bytes"] == [b"mp4"]
+    assert json.loads(rows["a.tar/clip"]["fields"]) == {"txt": "a clip"}  # the video is no text field
+    assert rows["a.tar/both"]["image_bytes"] == [b"png"]
+    assert {row["error"] for row in rows.values()} == {None}
+    # The plan's look at the first tar's headers finds the videos (for the PyAV check before Ray starts).
+    shards = plan_webdataset_shards(str(tmp_path), OPTIONS)
+    assert video_files(shards, OPTIONS) == ["a.tar/clip.mp4", "a.tar/both.webm"]
+    write_tar(tmp_path / "b" / "images.tar", simple_samples(2))
+    assert video_files(plan_webdataset_shards(str(tmp_path / "b"), OPTIONS), OPTIONS) == []
+
+
 def test_keep_columns_come_from_json_and_text_sidecars(tmp_path: Path) -> None:
     write_tar(
         tmp_path / "a.tar",
@@ -152,7 +170,9 @@ def test_bad_samples_and_stray_members_become_error_rows_and_metadata_is_skipped
         assert by_id_of(rows)[f"a.tar/{name}"]["image_bytes"] is None
     assert f"{tmp_path}/a.tar: skipped 2 metadata members (__*, .DS_Store, ._*)" in caplog.messages
     assert errors["a.tar/good"] is None and errors["a.tar/good2"] is None
-    assert errors["a.tar/noimage"] == "read: sample has no image (jpg/jpeg/png/webp) in the tar"
+    assert errors["a.tar/noimage"] == (
+        "read: sample has no image (jpg/jpeg/png/webp) or video (mp4/webm/mov/mkv/avi) in the tar"
+    )
     assert errors["a.tar/badjson"].startswith("read: bad JSON sidecar: ")
     by_id = {row["id"]: row for row in rows}
     assert by_id["a.tar/noimage"]["image_bytes"] is None

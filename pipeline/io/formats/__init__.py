@@ -1,9 +1,10 @@
 """The input formats, in one table: FORMATS maps each `--input-format` name to how its shards are planned and read.
 
 A new format is one module in this folder with `plan(input_uri, options, *, files_per_shard, limit, group_by)`
-(its shards, with a ConfigError for settings it cannot honour) and `read(shard, options, spec)` (one row dict per
-sample: `id`, `source`, `image_bytes`, `fields`, `error`), plus one entry here. `--input-format auto` looks for the
-formats' file extensions in that order.
+(its shards, with a ConfigError for settings it cannot honour), `read(shard, options, spec)` (one row dict per
+sample: `id`, `source`, `image_bytes`, `fields`, `error`) and, where names tell, `video_files(shards, options)`
+(videos seen in the plan), plus one entry here. `--input-format auto` looks for the formats' file extensions in
+that order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any
 from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.io.formats import images, parquet, webdataset
 from llava_batch.pipeline.io.shards import ReadSpec, Shard
-from llava_batch.pipeline.io.storage import IMAGE_EXTENSIONS, PATTERN_CHARACTERS, StorageOptions, list_files
+from llava_batch.pipeline.io.storage import (
+    IMAGE_FOLDER_EXTENSIONS,
+    PATTERN_CHARACTERS,
+    StorageOptions,
+    list_files,
+)
+
+
+def _videos_known_at_decode(shards: list[Shard], options: StorageOptions) -> list[str]:
+    return []  # Parquet cells carry bytes without names: a video is only known when it is decoded
 
 
 @dataclass(frozen=True)
@@ -24,13 +34,18 @@ class InputFormat:
     extensions: tuple[str, ...]  # files that are this format's inputs (lower case, no dot)
     plan: Callable[..., list[Shard]]
     read: Callable[[Shard, StorageOptions, ReadSpec], Iterator[dict[str, Any]]]
+    # Video files the plan shows (by name): they need PyAV, which the job checks before Ray starts.
+    video_files: Callable[[list[Shard], StorageOptions], list[str]] = _videos_known_at_decode
 
 
 # Detection order: an input holding tars is WebDataset even if it also holds images (the tars' own members).
 FORMATS: dict[str, InputFormat] = {
-    "webdataset": InputFormat(webdataset.TAR_EXTENSIONS, webdataset.plan, webdataset.read),
+    "webdataset": InputFormat(
+        webdataset.TAR_EXTENSIONS, webdataset.plan, webdataset.read, webdataset.video_files
+    ),
     "parquet": InputFormat(("parquet",), parquet.plan, parquet.read),
-    "images": InputFormat(IMAGE_EXTENSIONS, images.plan, images.read),
+    # A folder holding only videos is an image folder too: each video is one row.
+    "images": InputFormat(IMAGE_FOLDER_EXTENSIONS, images.plan, images.read, images.video_files),
 }
 DEFAULT_FORMAT = "images"
 
@@ -71,9 +86,26 @@ def plan_shards(
     skipped: Counter | None = None,
 ) -> tuple[str, list[Shard]]:
     """(the resolved input format, its shards in order); `skipped` gets the counts of files left out by
-    extension (image folders: videos, text files, ...)."""
+    extension (image folders: text files, ...)."""
     kind = detect_input_format(input_uri, options) if input_format == "auto" else input_format
     shards = FORMATS[kind].plan(
         input_uri, options, files_per_shard=files_per_shard, limit=limit, group_by=group_by, skipped=skipped
     )
     return kind, shards
+
+
+def check_video_decoder(input_format: str, shards: list[Shard], options: StorageOptions) -> None:
+    """Video inputs are decoded with PyAV on the CPU actors: without it every video would be an error row, so
+    when the plan shows videos by name, refuse before Ray starts. (Videos found only when decoded, as in a
+    Parquet column's bytes, are error rows naming the same extra.)"""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is not None:
+        return
+    videos = FORMATS[input_format].video_files(shards, options)
+    if videos:
+        more = f" and {len(videos) - 1} more" if len(videos) > 1 else ""
+        raise ConfigError(
+            f"input: holds video files ({videos[0]}{more}), which need the av package (PyAV), not installed in "
+            "this environment; install it with `pip install llava-batch[video]`"
+        )

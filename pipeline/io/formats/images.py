@@ -1,5 +1,5 @@
-"""Image folders: one row per image file (or per folder with --group-by folder), shards of up to
---files-per-shard files of one folder.
+"""Image folders: one row per image or video file (or per folder of images with --group-by folder), shards of up
+to --files-per-shard files of one folder.
 
 Writes `id` (the path relative to the input), `source`, `image_bytes`, `fields` (`{"path": ...}`), `error`.
 """
@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
 
+from llava_batch.operators.video import VIDEO_EXTENSIONS
 from llava_batch.pipeline.config import GROUP_BY_FOLDER, ConfigError
+from llava_batch.pipeline.io.listing import has_extension
 from llava_batch.pipeline.io.shards import ReadSpec, Shard, shard_id_for
 from llava_batch.pipeline.io.storage import (
     IMAGE_EXTENSIONS,
+    IMAGE_FOLDER_EXTENSIONS,
     StorageOptions,
     broken_link,
     filesystem_for,
@@ -48,6 +51,11 @@ def read(shard: Shard, options: StorageOptions, spec: ReadSpec) -> Iterator[dict
     return read_image_files(shard, options)
 
 
+def video_files(shards: list[Shard], options: StorageOptions) -> list[str]:
+    """The planned files that are videos, by extension (they need PyAV on the CPU actors)."""
+    return [path for shard in shards for path in shard.members if has_extension(path, VIDEO_EXTENSIONS)]
+
+
 def plan_image_shards(
     input_uri: str,
     options: StorageOptions,
@@ -63,8 +71,12 @@ def plan_image_shards(
     appears, so an incremental re-run processes only the new shards. With `whole_folders` (--group-by folder:
     a folder is one row) a folder is never split: consecutive folders are packed into shards of up to
     `files_per_shard` files, and a larger folder is a shard of its own.
+
+    A video file is a row of its own (its frames are that row's images); a folder row is a list of images, so
+    with `whole_folders` videos are skipped and counted like other files.
     """
-    paths = list_files(input_uri, options, IMAGE_EXTENSIONS, skipped_out=skipped)
+    extensions = IMAGE_EXTENSIONS if whole_folders else IMAGE_FOLDER_EXTENSIONS
+    paths = list_files(input_uri, options, extensions, skipped_out=skipped)
     selection = ""
     if limit is not None:
         paths, selection = paths[:limit], f"limit={limit}"
@@ -94,7 +106,8 @@ def _pack_folders(input_uri: str, paths: list[str], files_per_shard: int, select
 
 
 def read_image_files(shard: Shard, options: StorageOptions) -> Iterator[dict[str, Any]]:
-    """One row per image file; the id is the path relative to the input root."""
+    """One row per image or video file; the id is the path relative to the input root. A video's bytes travel as
+    an image's do: preprocessing tells them apart by content (llava_batch.operators.video.is_video)."""
     fs, root_path = filesystem_for(shard.root, options)
     for relative in shard.members:
         data, error = read_with_retries(fs, f"{root_path}/{relative}")

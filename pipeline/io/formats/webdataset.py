@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llava_batch.operators.video import VIDEO_EXTENSIONS
 from llava_batch.pipeline.config import ConfigError
 from llava_batch.pipeline.io.listing import has_extension, plan_limited, resolve_input_files
 from llava_batch.pipeline.io.shards import ReadSpec, Shard, unique_id
@@ -34,10 +35,13 @@ logger = logging.getLogger(__name__)
 # Tar shards, plain or gzip-compressed (decompressed as they stream, never to disk).
 TAR_EXTENSIONS = ("tar", "tar.gz", "tgz")
 COMPRESSED_TAR_EXTENSIONS = ("tar.gz", "tgz")
-# Priority order when a sample holds more than one image.
+# Priority order when a sample holds more than one image; a video member is the row's input when it has no image.
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_INPUT_EXTENSIONS = WEBDATASET_IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 # Binary payloads that are never turned into text fields.
-_BINARY_EXTENSIONS = frozenset({*WEBDATASET_IMAGE_EXTENSIONS, "bmp", "gif", "tif", "tiff", "npy", "pth"})
+_BINARY_EXTENSIONS = frozenset({*_INPUT_EXTENSIONS, "bmp", "gif", "tif", "tiff", "npy", "pth"})
+# Members of the first tar whose headers are looked at for videos before the job starts: its first samples.
+_PEEK_MEMBERS = 32
 # Large sequential reads: one ranged GET per buffer on S3 rather than one per tar header.
 _READ_BUFFER_BYTES = 8 << 20
 
@@ -84,6 +88,34 @@ def plan_webdataset_shards(
         return retry_io(count, f"counting samples in {join_uri(root, relative)}")
 
     return plan_limited(root, tars, "webdataset", limit, count_samples)
+
+
+def video_files(shards: list[Shard], options: StorageOptions) -> list[str]:
+    """Video members among the first tar's first few headers (a shard's samples are alike in practice): enough
+    to refuse a video job without PyAV before Ray starts, for the cost of one small read. Videos met later
+    without PyAV are error rows."""
+    if not shards:
+        return []
+    (relative,) = shards[0].members
+    fs, root_path = filesystem_for(shards[0].root, options)
+    found: list[str] = []
+
+    def peek() -> None:
+        with fs.open_input_file(posixpath.join(root_path, relative)) as handle:
+            stream = gzip.GzipFile(fileobj=handle, mode="rb") if is_compressed(relative) else handle
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
+                for count, member in enumerate(tar):
+                    key = sample_key(member.name)
+                    if key is not None and key[1] in VIDEO_EXTENSIONS:
+                        found.append(f"{relative}/{member.name}")
+                    if count + 1 >= _PEEK_MEMBERS:
+                        break
+
+    try:
+        retry_io(peek, f"looking into {join_uri(shards[0].root, relative)}")
+    except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, zlib.error):
+        pass  # a damaged tar is its own error row when it is read
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,9 +348,12 @@ def _sample_row(sample_id: str, source: str, sample: TarSample, spec: ReadSpec) 
             fields[extension] = data.decode("utf-8")
         except UnicodeDecodeError:
             logger.debug("%s: member .%s is not UTF-8 text; not a field", source, extension)
-    image = next((members[ext] for ext in WEBDATASET_IMAGE_EXTENSIONS if ext in members), None)
+    image = next((members[ext] for ext in _INPUT_EXTENSIONS if ext in members), None)
     if image is None and error is None:
-        error = "read: sample has no image (jpg/jpeg/png/webp) in the tar"
+        error = (
+            f"read: sample has no image ({'/'.join(WEBDATASET_IMAGE_EXTENSIONS)}) or video "
+            f"({'/'.join(VIDEO_EXTENSIONS)}) in the tar"
+        )
     return {
         "id": sample_id,
         "source": source,
