@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.loopback_cluster import NAMESPACE_ENV
 from tests.support.seaweedfs import S3Endpoint, run_seaweedfs
 from tests.support.shared_ray import SharedRay
 
 # Tiny random-weight models of every family, built once per session (tests/support/models.py).
 pytest_plugins = ["tests.support.models"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-node tests run only inside a loopback-only network namespace (tests/cluster/test_in_namespace.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(NAMESPACE_ENV) == "1":
+        return
+    outside = [item for item in items if not item.get_closest_marker("netns")]
+    if len(outside) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("netns")])
+        items[:] = outside
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Object storage: a real SeaweedFS S3 server on 127.0.0.1 (tests/support/seaweedfs.py)

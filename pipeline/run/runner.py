@@ -30,7 +30,7 @@ from llava_batch.pipeline.run.commit import (
 )
 from llava_batch.pipeline.run.output_lock import OutputLock
 from llava_batch.pipeline.run.progress import ProgressReporter, summary_text
-from llava_batch.pipeline.run.stages import Stage, apply_stages
+from llava_batch.pipeline.run.stages import Stage, apply_stages, scale_up_limits
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
     if todo:
         progress = ProgressReporter(plan.job, total_rows=total_rows, total_shards=len(todo))
         items = [shard.to_item() for shard in todo]
+        limit_scale_up(plan.stages)
         dataset = apply_stages(ray.data.from_items(items, override_num_blocks=len(items)), plan.stages)
         try:
             for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -181,6 +182,18 @@ def _run_job_locked(plan: JobPlan) -> JobResult:
     # 3. The manifest is written last: its presence says this run finished.
     write_manifest(plan, result, started_at)
     return result
+
+
+def limit_scale_up(stages: list[Stage]) -> None:
+    """Keep Ray Data from asking an autoscaling cluster for nodes the plan does not use (stages.scale_up_limits).
+    The job's driver owns this process's DataContext; a caller's own pipeline (llava_batch.processor) is left as is."""
+    import ray
+    import ray.data
+
+    cpus, gpus = scale_up_limits(stages, float(ray.cluster_resources().get("CPU", 0)))
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(cpu=cpus, gpu=gpus)
+    logger.debug("Ray Data may hold up to %g CPUs and %g GPUs", cpus, gpus)
 
 
 def job_result(

@@ -55,6 +55,20 @@ def apply_stages(dataset: Any, stages: list[Stage]) -> Any:
     return dataset
 
 
+def scale_up_limits(stages: list[Stage], cluster_cpus: float) -> tuple[float, float]:
+    """The most CPUs and GPUs a job's stages may hold: Ray Data's own cluster autoscaler asks the cluster for more
+    nodes up to these, so they must be what the plan uses.
+
+    Unlimited, a job asking for one GPU replica on cluster.yaml's node types (a CPU head, GPU workers from zero)
+    made Ray Data ask for CPUs for its read and preprocessing backlog, and the only node types with CPUs to add
+    were GPU workers: ten of them started (seen with the fake_multinode autoscaler, tests/cluster/). The CPU
+    plan is made for the nodes up at the start, so the CPU limit is their CPUs; the GPU limit is every GPU pool
+    at its largest.
+    """
+    gpus = sum(stage.num_gpus * stage.pool[1] for stage in stages if stage.is_actor and stage.num_gpus)
+    return cluster_cpus, float(gpus)
+
+
 def typed_output(fn: Callable[..., Any] | type) -> Callable[..., Any] | type:
     """Wrap an operator so that its numpy output becomes an Arrow table with the declared column types."""
     from llava_batch.pipeline.run.columns import to_arrow

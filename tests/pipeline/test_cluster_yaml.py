@@ -129,3 +129,25 @@ def test_the_secret_check_would_catch_a_key() -> None:
         + "\n"
     )
     assert sum(bool(re.search(pattern, planted)) for pattern in SECRET_PATTERNS) == 3
+
+
+def test_the_autoscaling_test_config_has_cluster_yamls_node_types(config: dict[str, Any]) -> None:
+    """tests/cluster/test_autoscaling.py runs the real autoscaler over tests/cluster/fake_multinode.yaml: it proves
+    something about cluster.yaml only while the two have the same node types (CPUs aside, scaled to 2 cores)."""
+    fake = yaml.safe_load((REPO_ROOT / "tests" / "cluster" / "fake_multinode.yaml").read_text())
+
+    def worker_types(cluster: dict[str, Any]) -> dict[str, tuple]:
+        return {
+            name: (spec["resources"].get("GPU", 0), spec.get("min_workers", 0), spec.get("max_workers"))
+            for name, spec in cluster["available_node_types"].items()
+            if name != cluster["head_node_type"]
+        }
+
+    assert worker_types(fake) == worker_types(config)
+    assert all(gpus > 0 and min_workers == 0 for gpus, min_workers, _ in worker_types(config).values())
+    for cluster in (fake, config):
+        assert cluster["available_node_types"][cluster["head_node_type"]]["resources"].get("GPU") == 0
+    assert fake["max_workers"] == config["max_workers"]
+    assert fake["upscaling_speed"] == config["upscaling_speed"]
+    assert fake["provider"]["type"] == "fake_multinode"
+    assert schema_errors(fake) == []

@@ -151,3 +151,19 @@ def test_live_nodes_reads_each_live_node_from_ray_nodes():
     assert nodes == (NodeResources(2.0, 0.0), NodeResources(1.0, 1.0))
     assert ClusterResources(3, 1, False, nodes).node_list() == list(nodes)
     assert ClusterResources(3, 1, False).node_list() == [NodeResources(3, 1)]
+
+
+def test_scale_up_limits_are_the_planned_gpu_pools_and_the_cpus_up_at_the_start():
+    from llava_batch.pipeline.run.stages import Stage, scale_up_limits
+
+    class Pool:
+        pass
+
+    stages = [
+        Stage("read", print, num_cpus=0.25),
+        Stage("preprocess", Pool, num_cpus=0.75, pool=(1, 4)),
+        Stage("generate", Pool, num_cpus=0.0, num_gpus=2, pool=(1, 3)),
+        Stage("generate-turn1", Pool, num_cpus=0.0, num_gpus=1, pool=(2, 2)),
+    ]
+    assert scale_up_limits(stages, cluster_cpus=8.0) == (8.0, 8.0)
+    assert scale_up_limits(stages[:2], cluster_cpus=2.0) == (2.0, 0.0)
