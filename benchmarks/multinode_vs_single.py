@@ -74,7 +74,11 @@ def measure(args: argparse.Namespace) -> dict:
             cluster = start(kind)
             try:
                 run = caption(
-                    cluster, model, images, work / f"out-{kind}-{repeat}", 1 if kind == "multi-node" else 0
+                    cluster,
+                    model,
+                    images,
+                    work / f"out-{kind.replace(' ', '-')}-{repeat}",
+                    1 if kind == "multi-node" else 0,
                 )
             finally:
                 cluster.stop()

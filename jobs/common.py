@@ -78,15 +78,17 @@ def set_up_job(config: JobConfig) -> JobSetup:
             f"(image or video files: {', '.join(IMAGE_FOLDER_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
         )
     check_video_decoder(input_format, shards, options)
-    warn_local_input(config)
+    warned = warn_local_input(config)
     resources = connect(config.address)
+    if not warned:
+        warn_local_input_on_other_machines(config, resources)
     configure_ray_data()
     return JobSetup(options, model, input_format, shards, resources, dict(sorted(skipped.items())))
 
 
-def warn_local_input(config: JobConfig) -> None:
+def warn_local_input(config: JobConfig) -> bool:
     """Before joining a remote cluster: read tasks run on its nodes, where a file on this machine's disk is not.
-    (The output is written by this process, the driver, so a local output is fine.)"""
+    (The output is written by this process, the driver, so a local output is fine.) Whether it warned."""
     import os
 
     from llava_batch.pipeline.run.ray_cluster import local_path_problem, remote_address
@@ -94,6 +96,20 @@ def warn_local_input(config: JobConfig) -> None:
     problem = local_path_problem("input", config.input)
     if problem and remote_address(config.address or os.environ.get("RAY_ADDRESS")):
         logger.warning("%s", problem)
+        return True
+    return False
+
+
+def warn_local_input_on_other_machines(config: JobConfig, resources: ClusterResources) -> None:
+    """Once joined: an address on this machine (a tunnel, `auto` here) can still lead to nodes elsewhere, which
+    the cluster's own node list tells."""
+    from llava_batch.pipeline.run.ray_cluster import local_path_problem
+
+    problem = local_path_problem("input", config.input)
+    elsewhere = resources.other_machines()
+    if problem and elsewhere:
+        more = f" and {len(elsewhere) - 3} more" if len(elsewhere) > 3 else ""
+        logger.warning("%s (nodes on other machines: %s%s)", problem, ", ".join(elsewhere[:3]), more)
 
 
 def resolve_gpus_per_replica(config: ModelSettings, resources: ClusterResources) -> int:

@@ -39,6 +39,13 @@ class ClusterResources:
     local: bool
     # Each live node's own CPUs and GPUs: a replica's CPU must come out of its GPU node, not the cluster's total.
     nodes: tuple[NodeResources, ...] = ()
+    # The live nodes' IP addresses, and the address of the node this process (the driver) runs on.
+    node_addresses: tuple[str, ...] = ()
+    driver_address: str = ""
+
+    def other_machines(self) -> list[str]:
+        """Addresses of live nodes that are not the driver's machine: their read tasks cannot see its disk."""
+        return sorted({address for address in self.node_addresses if address != self.driver_address})
 
     def node_list(self) -> list[NodeResources]:
         """The nodes, or one node holding everything when they were not listed (a hand-made ClusterResources)."""
@@ -71,11 +78,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
     if callable(on_sigterm):
         signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
+    nodes = ray.nodes()
     return ClusterResources(
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
         local=not address,
-        nodes=live_nodes(ray.nodes()),
+        nodes=live_nodes(nodes),
+        node_addresses=tuple(node["NodeManagerAddress"] for node in nodes if node.get("Alive")),
+        driver_address=ray.util.get_node_ip_address(),
     )
 
 

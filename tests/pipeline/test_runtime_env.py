@@ -154,3 +154,30 @@ def test_a_job_joining_a_remote_cluster_warns_about_a_local_input_before_ray_sta
     )
     warn_local_input(CaptionConfig(input=str(tmp_path), output="s3://b/out", model="builtin:llava"))
     assert caplog.text == ""
+
+
+def test_a_local_input_is_warned_about_when_the_joined_cluster_has_nodes_on_other_machines(tmp_path, caplog):
+    from llava_batch.jobs.caption import CaptionConfig
+    from llava_batch.jobs.common import warn_local_input_on_other_machines
+    from llava_batch.pipeline.run.ray_cluster import ClusterResources
+
+    caplog.set_level(logging.WARNING, logger="llava_batch")
+    config = CaptionConfig(
+        input=str(tmp_path), output="s3://b/out", model="builtin:llava", address="127.0.0.1:6379"
+    )
+    spread = ClusterResources(
+        4, 2, False, node_addresses=("127.0.0.1", "10.0.0.5", "10.0.0.6"), driver_address="127.0.0.1"
+    )
+    assert spread.other_machines() == ["10.0.0.5", "10.0.0.6"]
+    warn_local_input_on_other_machines(config, spread)
+    assert f"input: {str(tmp_path)!r} is a path on a local disk" in caplog.text
+    assert "(nodes on other machines: 10.0.0.5, 10.0.0.6)" in caplog.text
+    caplog.clear()
+    # One machine (a local Ray, or the loopback test clusters), or an input every node reaches: no warning.
+    here = ClusterResources(
+        4, 2, False, node_addresses=("127.0.0.1", "127.0.0.1"), driver_address="127.0.0.1"
+    )
+    warn_local_input_on_other_machines(config, here)
+    s3 = CaptionConfig(input="s3://b/in", output="s3://b/out", model="builtin:llava")
+    warn_local_input_on_other_machines(s3, spread)
+    assert caplog.text == ""
