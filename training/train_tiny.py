@@ -99,6 +99,11 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     rows, labels = [], []
     for example in examples:
         row = dict(example.arrays)
+        pixels = row.get("pixel_values")
+        if pixels is not None and pixels.dtype == np.uint8:
+            # Only Generate expands PreprocessForModel's compact uint8 pixels; a model fed them here would learn
+            # raw 0-255 values and read normalised ones at inference.
+            raise ValueError("uint8 pixel values reached training: preprocess with compact_pixels=False")
         row["input_ids"] = np.concatenate(
             [example.arrays["input_ids"], np.asarray(example.answer_ids, np.int64)]
         )
@@ -139,7 +144,8 @@ def train(family: str, out: Path, seed: int, settings: TrainSettings) -> dict[st
     (out / METADATA_FILE).unlink(missing_ok=True)  # it describes a random model; training.json replaces it
 
     # 2. Deterministic data, preprocessed once by the pipeline's own operator.
-    preprocess = PreprocessForModel(str(out), max_image_pixels=MAX_IMAGE_PIXELS)
+    # float32 pixels: the model is fed the batch directly, not through Generate, which expands uint8 ones.
+    preprocess = PreprocessForModel(str(out), max_image_pixels=MAX_IMAGE_PIXELS, compact_pixels=False)
     examples = encode_examples(preprocess, samples(family, "train", settings.train_samples, seed=seed))
     pad_token_id = preprocess.processor.tokenizer.pad_token_id
     data_seconds = time.perf_counter() - started
