@@ -11,6 +11,8 @@ distribution should raise them (the goal is >= 0.9 exact match).
 
 from __future__ import annotations
 
+import pytest
+
 from llava_batch.operators.model_source import builtin_model_path
 from llava_batch.training.oracle import oracle_operators, predict
 from llava_batch.training.shapes import PROMPTS
@@ -23,6 +25,8 @@ SEED = 11  # not the seed of the 200-image measurement in training/README.md (7)
 AT_LEAST = {"exact": 0.45, "shape": 0.5, "colour": 0.9, "position": 0.8}
 
 
+# About 19 s of model calls: a model-quality guard, run by CI in the slow tier.
+@pytest.mark.slow
 def test_the_llava_checkpoint_on_shapes_another_program_drew():
     images = foreign_images(IMAGES, SEED)
     preprocess, generate = oracle_operators(str(builtin_model_path("llava")))
