@@ -42,6 +42,9 @@ _INPUT_EXTENSIONS = WEBDATASET_IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 _BINARY_EXTENSIONS = frozenset({*_INPUT_EXTENSIONS, "bmp", "gif", "tif", "tiff", "npy", "pth"})
 # Members of the first tar whose headers are looked at for videos before the job starts: its first samples.
 _PEEK_MEMBERS = 32
+# What a damaged tar raises while it is walked. BadGzipFile is an OSError, but a damaged file is not a store that
+# is away: these are never retried.
+DAMAGED_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, zlib.error)
 # Large sequential reads: one ranged GET per buffer on S3 rather than one per tar header.
 _READ_BUFFER_BYTES = 8 << 20
 
@@ -113,7 +116,7 @@ def video_files(shards: list[Shard], options: StorageOptions) -> list[str]:
 
     try:
         retry_io(peek, f"looking into {join_uri(shards[0].root, relative)}")
-    except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, zlib.error):
+    except DAMAGED_TAR_ERRORS:
         pass  # a damaged tar is its own error row when it is read
     return found
 
@@ -189,8 +192,7 @@ def _scan_tar(handle: Any, *, read_data: bool, compressed: bool = False) -> TarS
                 raise tarfile.ReadError(
                     f"no end-of-archive block at byte {tar.offset} (cut short or corrupt after a member)"
                 )
-    except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, zlib.error) as error:
-        # BadGzipFile is an OSError, but a damaged file is not a store that is away: it must not be retried.
+    except DAMAGED_TAR_ERRORS as error:
         scan.failure = f"{type(error).__name__}: {error}"
         scan.lost_key = _drop_unfinished(scan, next_name)
     return scan
