@@ -47,6 +47,9 @@ IGNORED = {
     "early_stopping",
     "low_memory",
     "disable_compile",
+    # --compile sets these for generate's own static cache; the slots compile their step on their own cache.
+    "cache_implementation",
+    "compile_config",
 }
 NEUTRAL: dict[str, Any] = {
     "num_beams": 1,

@@ -26,6 +26,7 @@ from llava_batch.operators.generation.prefix_sharing import (
     cache_argument_name,
     plan_shared_prefixes,
 )
+from llava_batch.operators.generation.static_slots import SlotSteps, StaticSlotBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class DecodingReplica(Protocol):
     image_token_id: int | None
     max_batch_tokens: int | None
     eos_token_ids: set[int]
+    slot_steps: SlotSteps | None  # static slot buffers and compiled steps, kept across calls (--compile only)
 
     def collate_on_device(self, rows: list[dict[str, Any]], padding_side: str) -> dict[str, torch.Tensor]: ...
 
@@ -77,6 +79,7 @@ class DecodingReplica(Protocol):
 class DecoderChoice:
     kind: str  # CONTINUOUS, SHARED_PREFIX or GENERATE
     settings: DecodingSettings | None = None  # the decoding slots' settings, for CONTINUOUS
+    static_slots: bool = False  # CONTINUOUS on a static cache with a compiled step (--compile)
 
 
 def shares_a_prefix(prefix_keys: PrefixKeys | None) -> bool:
@@ -96,16 +99,17 @@ def choose_decoder(
 ) -> DecoderChoice:
     """The one place a call's decoding path is picked, first that applies:
 
-    1. CONTINUOUS: asked for, not with `compile` (its static cache is made per generate call), left padding, no two
-       rows sharing an image prefix (sharing it saves more), and decoding settings the slots reproduce
-       (`decoding_settings` of the model's generation config under `generate_kwargs`; not beam search, ...);
+    1. CONTINUOUS: asked for, left padding, no two rows sharing an image prefix (sharing it saves more), and
+       decoding settings the slots reproduce (`decoding_settings` of the model's generation config under
+       `generate_kwargs`; not beam search, ...). With `compile`, the slots sit in a static cache and the decoding
+       step is compiled (static_slots);
     2. SHARED_PREFIX: the rows carry prefix keys (the replica's share_image_prefix), left padding, no `compile`;
-    3. GENERATE otherwise.
+    3. GENERATE otherwise (with `compile`: generate's own static cache and compiled step).
     """
-    if continuous_batching and not compile and padding_side == "left" and not shares_a_prefix(prefix_keys):
+    if continuous_batching and padding_side == "left" and not shares_a_prefix(prefix_keys):
         settings = decoding_settings(model, generate_kwargs, eos_token_ids)
         if settings is not None:
-            return DecoderChoice(CONTINUOUS, settings)
+            return DecoderChoice(CONTINUOUS, settings, static_slots=compile)
     if prefix_keys is not None and padding_side == "left" and not compile:
         return DecoderChoice(SHARED_PREFIX)
     return DecoderChoice(GENERATE)
@@ -130,7 +134,9 @@ def make_decoder(choice: DecoderChoice, replica: DecodingReplica, generate_kwarg
         assert settings is not None, "a CONTINUOUS choice carries its decoding settings"
         return Decoder(
             CONTINUOUS,
-            lambda rows, ids, keys, limit: decode_continuous(replica, rows, ids, settings, slots=limit),
+            lambda rows, ids, keys, limit: decode_continuous(
+                replica, rows, ids, settings, slots=limit, static_slots=choice.static_slots
+            ),
             whole_queue=True,
         )
     if choice.kind == SHARED_PREFIX:
@@ -181,12 +187,21 @@ def with_oom_backoff(
 
 
 def decode_continuous(
-    replica: DecodingReplica, rows: list[Row], ids: list[str], settings: DecodingSettings, *, slots: int
+    replica: DecodingReplica,
+    rows: list[Row],
+    ids: list[str],
+    settings: DecodingSettings,
+    *,
+    slots: int,
+    static_slots: bool = False,
 ) -> list[RowResult]:
     """Every row through `slots` decoding slots (llava_batch.operators.generation.continuous_batching); rows are
-    expanded and collated on the device only when admitted. Raises CacheNotRearrangeable for a model whose KV cache
-    rows cannot be merged or dropped (a sliding window, say)."""
-    batcher = ContinuousBatcher(
+    expanded and collated on the device only when admitted. `static_slots`: on the replica's static slot buffers
+    with its compiled step (llava_batch.operators.generation.static_slots). Raises CacheNotRearrangeable for a
+    model whose KV cache rows cannot be merged or dropped (a sliding window, say)."""
+    batcher_class = StaticSlotBatcher if static_slots else ContinuousBatcher
+    extra = {"steps": replica.slot_steps} if static_slots else {}
+    batcher = batcher_class(
         replica.model,
         settings,
         collate=lambda chosen: replica.collate_on_device(
@@ -194,6 +209,7 @@ def decode_continuous(
         ),
         slots=slots,
         max_tokens=replica.max_batch_tokens,
+        **extra,
     )
     generators = row_generators(ids, replica.seed, replica.model.device) if settings.do_sample else None
     started = time.monotonic()

@@ -37,6 +37,7 @@ from llava_batch.operators.generation.prefix_sharing import (
     prefill_prefixes,
     prefix_keys,
 )
+from llava_batch.operators.generation.static_slots import SlotSteps
 from llava_batch.operators.pixel_transport import expand_pixels, pixel_table
 from llava_batch.operators.tensor_codec import unpack_arrays
 
@@ -136,8 +137,9 @@ class Generate:
 
         `continuous_batching`: the rows of a batch queue for `rows_per_call` decoding slots, and a row that stops
         frees its slot for the next (llava_batch.operators.generation.continuous_batching), where the decoding
-        settings allow it; not with `compile`, and not for calls whose rows share an image prefix (those save more
-        by sharing it). Which decoder a call gets: llava_batch.operators.generation.decoders.choose_decoder.
+        settings allow it; with `compile`, on a static cache through a compiled step
+        (llava_batch.operators.generation.static_slots); not for calls whose rows share an image prefix (those
+        save more by sharing it). Which decoder a call gets: llava_batch.operators.generation.decoders.choose_decoder.
 
         `quantization`: 8bit / 4bit weights through bitsandbytes (see
         llava_batch.operators.generation.loading.load_model); not with `compile`."""
@@ -155,6 +157,9 @@ class Generate:
         processor = load_processor(model, trust_remote_code=trust_remote_code)
         self.tokenizer = processor.tokenizer
         self.compile = compile
+        # --compile: generate's static cache and compiled step, and for continuous batching static slot buffers
+        # with a compiled step of their own, kept across calls so that each shape compiles once.
+        self.slot_steps = SlotSteps(compiled=True) if compile else None
         if compile:
             use_static_cache_and_compile(self.model)
         # uint8 pixels from PreprocessForModel are expanded to the processor's float32 values on the model's device.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from llava_batch.operators.generation import continuous_batching
+from llava_batch.operators.generation import continuous_batching, static_slots
 from llava_batch.operators.generation.continuous_batching import decoding_settings
 from llava_batch.operators.generation.replica import REPLICA_STATS_COLUMN, Generate
 from llava_batch.operators.preprocess import PreprocessForModel
@@ -234,3 +234,110 @@ def test_growing_layer_appends_in_place_until_its_spare_room_is_used():
         # Two steps fit the spare room: written in place; the third reallocates (with new spare room).
         assert (layer.key_buffer.data_ptr() == storage) == (step < 2)
     assert layer.key_buffer.shape[2] == 7 + 2  # reallocated holding 7 positions, plus the spare room
+
+
+@pytest.fixture
+def compile_requests(monkeypatch):
+    """torch.compile recorded, not run: compiling takes a minute on this CPU (the slow tier compiles for real,
+    tests/operators/test_static_slots_compiled.py). Each request is (mode, dynamic)."""
+    requests = []
+
+    def record(function, *, mode=None, dynamic=None, **_):
+        requests.append((mode, dynamic))
+        return function
+
+    monkeypatch.setattr(torch, "compile", record)
+    return requests
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compile_decodes_in_static_slots_whose_step_never_changes_shape(
+    family, family_rows, compile_requests
+):
+    """--compile with continuous batching: rows refill slots of a static cache, so every decoding step has the
+    same shapes (what a compiled step and a CUDA graph need), and the texts are the plain batched call's."""
+    model, prepared, stop = family_rows(family)
+    settings = {"generate_kwargs": {"eos_token_id": stop}}
+    plain = operator(model, ROWS, continuous=False, **settings)(prepared)
+    static = operator(model, 3, compile=True, **settings)
+    step_shapes = []
+    real_forward = static.model.forward
+
+    def recording_forward(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1:
+            step_shapes.append((tuple(kwargs["input_ids"].shape), tuple(kwargs["attention_mask"].shape)))
+        return real_forward(*args, **kwargs)
+
+    static.model.forward = recording_forward
+    first = static(prepared)
+    assert list(first["generated_text"]) == list(plain["generated_text"]), family
+    assert list(first["num_output_tokens"]) == list(plain["num_output_tokens"])
+    counts = [int(count) for count in first["num_output_tokens"]]
+    assert len(set(counts)) >= 3, f"rows should stop at different lengths: {counts}"
+    capacity = static_slots.slot_capacity(max(int(n) for n in prepared["num_input_tokens"]), MAX_NEW_TOKENS)
+    assert set(step_shapes) == {((3, 1), (3, 1, 1, capacity))}
+    stats = json.loads(first[REPLICA_STATS_COLUMN][0])
+    assert stats["decode_row_steps"] == sum(counts) - ROWS
+    # A finished row frees its slot at once: the steps hold only live rows and a few empty slots.
+    assert stats["decode_steps"] == len(step_shapes) < (sum(counts) - ROWS) / 2
+    # A second call of the same shape reuses the buffers and the compiled step: one compile request in all.
+    second = static(prepared)
+    assert list(second["generated_text"]) == list(plain["generated_text"])
+    assert compile_requests == [("default", False)]  # on CPU; "reduce-overhead" (CUDA graphs) on a GPU
+
+
+def test_sampled_rows_in_static_slots_do_not_depend_on_the_rows_beside_them(family_rows, compile_requests):
+    model, prepared, _ = family_rows("llava")
+    sampling = {"generate_kwargs": {"do_sample": True, "temperature": 1.5, "top_p": 0.95}, "compile": True}
+    batched = operator(model, 4, **sampling)(prepared)["generated_text"].tolist()
+    alone = [
+        operator(model, 1, **sampling)({name: values[i : i + 1] for name, values in prepared.items()})
+        for i in (0, 5)
+    ]
+    assert [out["generated_text"][0] for out in alone] == [batched[0], batched[5]]
+    # The same rows sample the same texts in growing slots as in static ones (one generator per row).
+    assert (
+        operator(model, 4, generate_kwargs=sampling["generate_kwargs"])(prepared)["generated_text"].tolist()
+        == batched
+    )
+
+
+def test_token_budget_caps_the_static_slots(tiny_models, compile_requests):
+    model = str(tiny_models["llava"])
+    prepared = PreprocessForModel(model, max_image_pixels=10**8)(raw_batch(6))
+    capacity = static_slots.slot_capacity(max(int(n) for n in prepared["num_input_tokens"]), MAX_NEW_TOKENS)
+    budgeted = operator(model, 6, compile=True, max_batch_tokens=2 * capacity + 1)
+    rows_per_step = []
+    real_forward = budgeted.model.forward
+
+    def counting_forward(*args, **kwargs):
+        rows_per_step.append(int(kwargs["input_ids"].shape[0]))
+        return real_forward(*args, **kwargs)
+
+    budgeted.model.forward = counting_forward
+    out = budgeted(prepared)
+    expected = operator(model, 6, continuous=False)(prepared)["generated_text"]
+    assert list(out["generated_text"]) == list(expected)
+    assert max(rows_per_step) == 2
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new_tokens", "capacity"), [(10, 16, 64), (48, 16, 64), (49, 16, 128), (600, 64, 1024)]
+)
+def test_slot_capacity_is_a_power_of_two_that_holds_prompt_and_new_tokens(prompt, new_tokens, capacity):
+    assert static_slots.slot_capacity(prompt, new_tokens) == capacity
+
+
+def test_slot_layer_writes_each_rows_entry_at_its_own_position():
+    keys, values = torch.zeros(3, 2, 8, 4), torch.zeros(3, 2, 8, 4)
+    write_at = torch.tensor([0, 5, 7])
+    layer = static_slots.SlotLayer(keys, values, write_at)
+    new_keys, new_values = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    returned_keys, returned_values = layer.update(new_keys, new_values)
+    assert returned_keys.data_ptr() == keys.data_ptr()  # in place: the buffers a compiled step was built on
+    for row, position in enumerate(write_at.tolist()):
+        assert torch.equal(keys[row, :, position], new_keys[row, :, 0])
+        assert torch.equal(values[row, :, position], new_values[row, :, 0])
+        others = [column for column in range(8) if column != position]
+        assert not keys[row, :, others].any()
+    assert layer.get_mask_sizes(1) == (8, 0)

@@ -36,7 +36,9 @@ DISTINCT, SHARED = [b"a", b"b"], [b"a", b"a"]
         (True, False, "left", GREEDY, SHARED, SHARED_PREFIX),  # sharing the prefill saves more
         (True, False, "left", PENALTY, None, GENERATE),
         (True, False, "left", BEAMS, DISTINCT, SHARED_PREFIX),
-        (True, True, "left", GREEDY, None, GENERATE),  # compile: static cache, compiled step
+        (True, True, "left", GREEDY, None, CONTINUOUS),  # compile: in static slots, compiled step
+        (True, True, "left", PENALTY, None, GENERATE),  # compile: generate's static cache, compiled step
+        (False, True, "left", GREEDY, None, GENERATE),
         (True, True, "left", GREEDY, SHARED, GENERATE),
         (True, False, "right", GREEDY, SHARED, GENERATE),
         (False, False, "left", GREEDY, None, GENERATE),
@@ -54,6 +56,7 @@ def test_the_decoder_kind_follows_from_the_settings(continuous, compile, padding
         prefix_keys=keys,
     )
     assert choice.kind == kind
+    assert choice.static_slots == (kind == CONTINUOUS and compile)
     if kind == CONTINUOUS:
         assert (choice.settings.max_new_tokens, choice.settings.eos_token_ids) == (6, frozenset({2}))
     else:

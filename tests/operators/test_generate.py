@@ -148,13 +148,20 @@ def test_each_batch_reports_its_replica_time_on_its_first_row(llava):
 
 
 def test_compile_runs_generate_on_a_static_cache_through_the_compiled_step(tiny_models, llava, monkeypatch):
-    """The plumbing of --compile, and that a static cache gives the same text. Compiling itself takes over a
-    minute on this CPU for a tiny model, so the compiled step is recorded here, not compiled (checked by hand:
-    the compiled run gave the same texts)."""
+    """The plumbing of --compile where `model.generate` runs (here: continuous batching off; with it on, static
+    slots run, tests/operators/test_continuous_batching.py), and that a static cache gives the same text.
+    Compiling itself takes over a minute on this CPU for a tiny model, so the compiled step is recorded here, not
+    compiled (checked by hand: the compiled run gave the same texts)."""
     from transformers.cache_utils import StaticCache
 
     preprocess, plain = llava
-    compiled = Generate(str(tiny_models["llava"]), generate_kwargs=GREEDY, dtype="float32", compile=True)
+    compiled = Generate(
+        str(tiny_models["llava"]),
+        generate_kwargs=GREEDY,
+        dtype="float32",
+        compile=True,
+        continuous_batching=False,
+    )
     config = compiled.model.generation_config
     assert config.cache_implementation == "static"
     assert config.compile_config.mode == "default" and config.compile_config._compile_all_devices  # CPU
