@@ -17,7 +17,8 @@ Forward hooks on the model time every forward call (prefill included); overhead 
 inside forwards) / forward calls, for the eager variants (a compiled forward has no hooks to time it). Every
 variant also reports its whole time per forward call (32 calls for all: prefill + 31 steps). Compiling is done
 before timing, once per batch shape (about a minute each on a 2-core CPU); --no-compile skips those variants.
-One thread; variants interleaved per repeat; medians.
+One thread; variants interleaved per repeat; medians. On a machine with a GPU the model runs there (as a replica
+would), and the clocks wait for its kernels.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ from llava_batch.operators.tensor_codec import unpack_arrays  # noqa: E402
 from llava_batch.pipeline.families.tiny_models import build_tiny_model  # noqa: E402
 
 
+def synchronize() -> None:
+    """On a GPU kernels run after the Python returns: wait for them, so a clock reading includes them."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class ForwardClock:
     """Seconds spent inside the model's forward calls, and how many there were."""
 
@@ -56,9 +63,11 @@ class ForwardClock:
         model.register_forward_hook(self._post)
 
     def _pre(self, *_: object) -> None:
+        synchronize()
         self._began = time.perf_counter()
 
     def _post(self, *_: object) -> None:
+        synchronize()
         self.seconds += time.perf_counter() - self._began
         self.calls += 1
 
@@ -120,6 +129,7 @@ def measure(
             ContinuousBatcher(model, settings, collate=collate, slots=len(rows)).run(rows)
         else:
             StaticSlotBatcher(model, settings, collate=collate, slots=len(rows), steps=slot_steps).run(rows)
+    synchronize()
     wall = time.perf_counter() - began
     if variant in COMPILED:
         return None, wall / new_tokens, new_tokens  # prefill + (new_tokens - 1) steps

@@ -47,43 +47,96 @@ class JobSetup:
 
 def set_up_job(config: JobConfig) -> JobSetup:
     """Everything that can be checked (settings, model family, input listing) is checked before Ray starts, so a
-    typo costs seconds, not a cluster start; then connect to (or start) Ray."""
-    from llava_batch.pipeline.families import check_model_loadable, inspect_model
+    typo costs seconds, not a cluster start; then connect to (or start) Ray.
+
+    The model check imports transformers and loads the processor: 5-7 s of one core, the largest part of a small
+    job's start-up before Ray. It runs in a thread beside the listing, and where this process starts its own
+    local Ray, beside `ray.init` too (Ray's start is mostly waiting for its processes). A model that fails its
+    check after Ray started stops that Ray again; the error and its exit code are the same."""
     from llava_batch.pipeline.io.formats import check_video_decoder, plan_shards
     from llava_batch.pipeline.io.storage import check_store
-    from llava_batch.pipeline.run.ray_cluster import configure_ray_data, connect
+    from llava_batch.pipeline.run.ray_cluster import configure_ray_data, connect, shutdown, starts_local_ray
 
     options = StorageOptions(config.s3_endpoint_url)
-    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
-    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
-    # Wrong credentials, a missing bucket or a store that is down: one line in seconds, not a minute of retries.
-    check_store(config.input, options)
-    check_store(config.output, options)
-    skipped: Counter = Counter()
-    input_format, shards = plan_shards(
-        # Workers of a Ray that was already running (a shared or remote cluster, the caller's own) have another
-        # working directory: a relative local path must reach them absolute. Shard ids do not contain it.
-        absolute_local_path(config.input),
-        options,
-        input_format=config.input_format,
-        files_per_shard=config.files_per_shard,
-        limit=config.limit,
-        group_by=config.group_by,
-        skipped=skipped,
-    )
-    shards = with_sample_ids(shards, config.sample, config.seed)
-    if not shards:
-        raise ConfigError(
-            f"input: nothing to read under {config.input!r} as {input_format} "
-            f"(image or video files: {', '.join(IMAGE_FOLDER_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
+    model_check = InBackground(lambda: checked_model(config))
+    try:
+        # Wrong credentials, a missing bucket or a store that is down: one line in seconds, not a minute of retries.
+        check_store(config.input, options)
+        check_store(config.output, options)
+        skipped: Counter = Counter()
+        input_format, shards = plan_shards(
+            # Workers of a Ray that was already running (a shared or remote cluster, the caller's own) have another
+            # working directory: a relative local path must reach them absolute. Shard ids do not contain it.
+            absolute_local_path(config.input),
+            options,
+            input_format=config.input_format,
+            files_per_shard=config.files_per_shard,
+            limit=config.limit,
+            group_by=config.group_by,
+            skipped=skipped,
         )
-    check_video_decoder(input_format, shards, options)
+        shards = with_sample_ids(shards, config.sample, config.seed)
+        if not shards:
+            raise ConfigError(
+                f"input: nothing to read under {config.input!r} as {input_format} "
+                f"(image or video files: {', '.join(IMAGE_FOLDER_EXTENSIONS)}; WebDataset: .tar; tables: .parquet)"
+            )
+        check_video_decoder(input_format, shards, options)
+    except ConfigError:
+        model_check.result()  # a broken model is reported first, as when it was checked first
+        raise
     warned = warn_local_input(config)
+    overlap = starts_local_ray(config.address) and not model_check.failed()
+    if not overlap:
+        model_check.result()
     resources = connect(config.address)
+    try:
+        model = model_check.result()
+    except ConfigError:
+        shutdown()
+        raise
     if not warned:
         warn_local_input_on_other_machines(config, resources)
     configure_ray_data()
     return JobSetup(options, model, input_format, shards, resources, dict(sorted(skipped.items())))
+
+
+def checked_model(config: JobConfig) -> ModelInfo:
+    """The model's family from its config, and a check that its processor and weight files load."""
+    from llava_batch.pipeline.families import check_model_loadable, inspect_model
+
+    model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_model_loadable(model, trust_remote_code=config.trust_remote_code)
+    return model
+
+
+class InBackground:
+    """`function()` run in a daemon thread (an interrupted start-up does not wait for it); `result()` waits and
+    returns its value or raises its exception in the caller's thread."""
+
+    def __init__(self, function: Any) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(function,), daemon=True, name="model-check")
+        self._thread.start()
+
+    def _run(self, function: Any) -> None:
+        try:
+            self._value = function()
+        except BaseException as error:  # handed to the caller's thread by result()
+            self._error = error
+
+    def failed(self) -> bool:
+        """Finished already, with an exception."""
+        return not self._thread.is_alive() and self._error is not None
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def warn_local_input(config: JobConfig) -> bool:

@@ -175,14 +175,15 @@ class ModelSettings:
     )
     compile: bool = setting(
         False,
-        "static KV cache + torch.compile of the decoding step (GPU or CPU; compiles once per batch shape, pays off on long GPU runs)",
+        "torch.compile of the decoding step on a static KV cache (GPU or CPU; CUDA graphs on GPU; compiled once per shape; pays off on long GPU runs of small models)",
     )
     share_image_prefix: bool = setting(
         True,
         "rows showing the same image(s) under several prompts prefill the image once (not with --compile)",
     )
     continuous_batching: bool = setting(
-        True, "a row that stops frees its decoding slot for the next waiting row (not with --compile)"
+        True,
+        "a row that stops frees its decoding slot for the next waiting row (with --compile: in a static cache)",
     )
     max_image_pixels: int = setting(
         64_000_000, "images with more pixels become error rows (decompression-bomb guard)"

@@ -41,9 +41,8 @@ def family_of(model_type: str, text_model_type: str) -> str:
 
 
 def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> ModelInfo:
-    """Load only the config (a few KB) and name the family; fails fast with the fix in the message."""
-    from transformers import AutoConfig
-
+    """Load only the config (a few KB) and name the family; fails fast with the fix in the message (a path
+    that is no model folder before transformers is even imported, which takes seconds)."""
     try:  # `builtin:<family>`: the checkpoint shipped in the package; ModelInfo then holds its folder
         name_or_path = resolve_model_source(name_or_path)
     except (ValueError, FileNotFoundError) as error:
@@ -56,6 +55,8 @@ def inspect_model(name_or_path: str, *, trust_remote_code: bool = False) -> Mode
             "save_pretrained (or `llava-batch make-tiny-model`) or a Hugging Face hub id"
         )
     source = str(local) if looks_local else name_or_path
+    from transformers import AutoConfig
+
     try:
         # The local cache first: a downloaded hub model works offline and costs no network round trip.
         config = AutoConfig.from_pretrained(

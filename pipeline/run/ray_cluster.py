@@ -89,6 +89,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
     )
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """Whether connect(address) would start a private local Ray (no address, no RAY_ADDRESS, none attached)."""
+    import ray
+
+    return not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+
+
 def live_nodes(nodes: list[dict]) -> tuple[NodeResources, ...]:
     """`ray.nodes()` entries -> the live nodes' resources."""
     return tuple(

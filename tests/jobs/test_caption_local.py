@@ -177,6 +177,37 @@ def test_invalid_settings_fail_before_ray_starts(tmp_path, tiny_models, capsys, 
     assert not ray.is_initialized()
 
 
+def test_a_model_failing_its_check_after_ray_started_stops_that_ray(
+    tmp_path, tiny_models, own_ray, monkeypatch
+):
+    """The model check runs beside the start of a local Ray (start-up): when it fails after Ray is up, the job
+    raises its error and stops the Ray it started (run_caption itself, not only the CLI around it)."""
+    import time
+
+    import ray
+
+    from llava_batch.jobs import common
+    from llava_batch.jobs.caption import CaptionConfig, run_caption
+
+    seen = []
+
+    def slow_failing_check(config):
+        deadline = time.monotonic() + 120
+        while not ray.is_initialized() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.append(ray.is_initialized())
+        raise common.ConfigError("model: the processor of 'x' does not load: broken tokenizer")
+
+    monkeypatch.setattr(common, "checked_model", slow_failing_check)
+    folder = tmp_path / "in"
+    write_images(folder, 1)
+    config = CaptionConfig(input=str(folder), output=str(tmp_path / "out"), model=str(tiny_models["llava"]))
+    with pytest.raises(common.ConfigError, match="broken tokenizer"):
+        run_caption(config)
+    assert seen == [True]  # the check was still running when Ray had started
+    assert not ray.is_initialized()
+
+
 def test_unsupported_model_family_is_refused(tmp_path, capsys):
     model = tmp_path / "bert"
     model.mkdir()
