@@ -11,6 +11,8 @@ from llava_batch.operators.decode import decode_image
 from llava_batch.operators.generation.replica import Generate
 from llava_batch.operators.preprocess import PreprocessForModel, decode_min_size, load_processor
 from llava_batch.pipeline.config import RUN_ONLY_SETTINGS, JobConfig, job_fingerprint
+from llava_batch.pipeline.families import FAMILIES
+from llava_batch.pipeline.families.tiny_models import build_tiny_model
 from llava_batch.training.shapes import samples
 
 LIMIT = 10**8
@@ -168,3 +170,28 @@ def test_exact_decode_is_a_setting_that_changes_the_fingerprint():
     exact = JobConfig(input="/data/in", output="/data/out", model="builtin:llava", exact_decode=True)
     assert job_fingerprint(exact)["exact_decode"] is True
     assert job_fingerprint(exact) != job_fingerprint(config)
+
+
+def test_real_geometry_processors_decode_640x480_in_full_and_1080p_at_half(tmp_path):
+    """The public checkpoints' processors (336-672 px) need more pixels than the built-in 32-64 px ones: 640x480
+    must not be reduced at all (bit-exact with exact_decode), 1920x1080 only to 1/2."""
+    small, hd = smooth_jpeg(640, 480, seed=3), smooth_jpeg(1920, 1080, seed=4)
+    for family in FAMILIES:
+        checkpoint = str(build_tiny_model(family, tmp_path / family, geometry="real"))
+        reduced = PreprocessForModel(checkpoint, max_image_pixels=LIMIT, compact_pixels=False)
+        exact = PreprocessForModel(
+            checkpoint, max_image_pixels=LIMIT, exact_decode=True, compact_pixels=False
+        )
+        assert decode_image(small, max_image_pixels=LIMIT, min_size=reduced.decode_min_size).size == (
+            640,
+            480,
+        )
+        reduced_row, exact_row = (
+            operator.preprocess_row(small, "Describe.") for operator in (reduced, exact)
+        )
+        assert np.array_equal(reduced_row["pixel_values"], exact_row["pixel_values"]), family
+        assert np.array_equal(reduced_row["input_ids"], exact_row["input_ids"]), family
+        assert decode_image(hd, max_image_pixels=LIMIT, min_size=reduced.decode_min_size).size == (
+            960,
+            540,
+        ), family
