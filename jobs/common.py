@@ -92,7 +92,7 @@ def set_up_job(config: JobConfig) -> JobSetup:
     resources = connect(config.address)
     try:
         model = model_check.result()
-    except ConfigError:
+    except BaseException:  # the check failed (or was interrupted) after Ray started: stop that Ray too
         shutdown()
         raise
     if not warned:

@@ -63,7 +63,8 @@ class SlotLayer(CacheLayerMixin):
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows, heads, _, key_dim = key_states.shape
-        at = self.write_at.view(rows, 1, 1, 1)
+        # A replica spread over GPUs keeps each layer's buffers on its layer's device.
+        at = self.write_at.to(self.keys.device).view(rows, 1, 1, 1)
         self.keys.scatter_(2, at.expand(rows, heads, 1, key_dim), key_states)
         self.values.scatter_(2, at.expand(rows, heads, 1, value_states.shape[-1]), value_states)
         return self.keys, self.values
