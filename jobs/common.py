@@ -101,8 +101,9 @@ def set_up_job(config: JobConfig) -> JobSetup:
     return JobSetup(options, model, input_format, shards, resources, dict(sorted(skipped.items())))
 
 
-def checked_model(config: JobConfig) -> ModelInfo:
-    """The model's family from its config, and a check that its processor and weight files load."""
+def checked_model(config: ModelSettings) -> ModelInfo:
+    """The model's family from its config, and a check that its processor and weight files load (a job's, or the
+    Python API's processor's, in the caller's process: a wrong model fails at once, not inside an actor later)."""
     from llava_batch.pipeline.families import check_model_loadable, inspect_model
 
     model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)

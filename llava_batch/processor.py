@@ -49,12 +49,10 @@ class Processor:
     """A callable Dataset -> Dataset; build it with `build_processor`."""
 
     def __init__(self, config: ProcessorConfig) -> None:
-        from llava_batch.pipeline.families import check_model_loadable, inspect_model
+        from llava_batch.jobs.common import checked_model
 
         self.config = config
-        # Checked here, in the caller's process: a wrong model fails at once, not inside an actor later.
-        self.model = inspect_model(config.model, trust_remote_code=config.trust_remote_code)
-        check_model_loadable(self.model, trust_remote_code=config.trust_remote_code)
+        self.model = checked_model(config)
 
     def __call__(self, dataset: Any) -> Any:
         from llava_batch.jobs.common import model_call_stages, resolve_gpus_per_replica

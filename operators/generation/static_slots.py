@@ -16,7 +16,8 @@ of its decoding step change and a compiled step would recompile every time. Here
 So the decoding step is always called with tensors of the same shapes and addresses: `torch.compile` compiles it
 once per (slots, capacity), and mode "reduce-overhead" records it as a CUDA graph on a GPU. Prefills stay eager:
 their shapes vary with every group of admitted rows. Greedy outputs equal the plain batched call's
-(tests/operators/test_static_slots.py).
+(tests/operators/test_continuous_batching.py; compiled for real in
+tests/operators/test_static_slots_compiled.py).
 """
 
 from __future__ import annotations
