@@ -3,13 +3,17 @@
 `samples(family, split, count, seed)` is deterministic: sample i of a split depends only on (family, split, seed, i),
 and the train and held-out splits draw from disjoint seed streams. The tasks (prompt -> answer):
 
-- llava: one shape. "What is in the image?" -> "a red circle on the left" (left / in the center / right).
+- llava: one shape, small to most of the image. "What is in the image?" -> "a red circle on the left" (left /
+  in the center / right).
 - llava_next: one small shape in a corner of an image of varied size and aspect ratio.
   "Where is the shape, and what is it?" -> "a blue square in the top left".
 - vipllava: two or three shapes, one marked by a red box, ellipse or arrow (`visual_prompt`, drawn with
   operators/visual_prompt.py; the stored image is clean). "Which shape is marked?" -> "the green triangle".
 - llava_interleave: two images per row. "Which image has more shapes?" -> "the first image" / "the second image";
-  "Name the shape in each image." -> "circle, star".
+  "Name the shape in each image." -> "circle, star". Or a clip's frames (3-8, in time order, one image each): one
+  shape slides across a still background beside a still shape of another colour. "What moves in the video, and
+  which way?" -> "the red shape moves left". `Sample.scene` renders the clip at any moment, so a test can write it
+  as a real video file whose sampled frames are the ones the model was trained on.
 """
 
 from __future__ import annotations
@@ -69,16 +73,25 @@ PROMPTS: dict[str, tuple[str, ...]] = {
     "llava_interleave": (
         "Which image has more shapes?",
         "Name the shape in each image.",
+        "What moves in the video, and which way?",
+        "Which colour moves, and where to?",
     ),
 }
+VIDEO_PROMPTS = PROMPTS["llava_interleave"][2:]
 
-# llava: the shape's centre lies in one of three well separated horizontal bands (fractions of the width).
+# llava: the shape's centre lies in one of three separated horizontal bands (fractions of the width).
 HORIZONTAL_BANDS: dict[str, tuple[float, float]] = {
-    "on the left": (0.24, 0.30),
-    "in the center": (0.45, 0.55),
-    "on the right": (0.70, 0.76),
+    "on the left": (0.16, 0.32),
+    "in the center": (0.42, 0.58),
+    "on the right": (0.68, 0.84),
 }
-LLAVA_SIDES = (32, 40, 48, 56, 64, 80, 96)  # square: CLIP's centre crop would cut the sides of other shapes
+# llava images: the short side in pixels, and (width, height) ratios from 3:4 to 5:4. A wider image loses the
+# left and right bands to CLIP's centre crop, so the answer would no longer be in the pixels the model sees.
+LLAVA_SHORT_SIDE = (32, 224)
+LLAVA_RATIOS = ((1, 1), (1, 1), (5, 4), (4, 5), (3, 4), (6, 5), (9, 10))
+# The shape's circumradius as a fraction of the short side: from small to most of the image (large ones fit
+# only in the centre band).
+LLAVA_RADIUS = (0.09, 0.41)
 # llava_next: (width, height) of many aspect ratios, so anyres picks different grids and token counts.
 LLAVA_NEXT_SIZES = (
     (40, 90), (90, 40), (120, 60), (60, 120), (64, 64), (96, 48),
@@ -89,6 +102,10 @@ INTERLEAVE_SIZES = ((48, 48), (64, 64), (56, 48), (48, 56), (80, 64), (64, 80))
 MARKERS = ("box", "ellipse", "arrow")
 MARKER_COLOUR = "red"
 ORDINALS = ("the first image", "the second image")
+# llava_interleave's video task: frames of clips of these sizes, this many frames a row (--video-frames values).
+VIDEO_SIZES = ((64, 48), (48, 64), (64, 64), (80, 60), (60, 80))
+VIDEO_FRAME_COUNTS = (3, 4, 6, 8)
+DIRECTIONS = ("left", "right", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,34 @@ class DrawnShape:
 
 
 @dataclass(frozen=True)
+class MovingScene:
+    """A clip: `mover` slides in a straight line from its centre (at the start) to `end` (at the end) over a still
+    background that holds the still shapes. Times are fractions of the clip's duration, 0 to 1."""
+
+    still: Image.Image  # the background with the still shapes drawn
+    still_shapes: list[DrawnShape]
+    mover: DrawnShape
+    end: tuple[float, float]
+    fill: tuple[int, int, int]  # the mover's colour, the same in every frame
+
+    def mover_at(self, time: float) -> DrawnShape:
+        (x0, y0), (x1, y1) = self.mover.center, self.end
+        center = (x0 + (x1 - x0) * time, y0 + (y1 - y0) * time)
+        return DrawnShape(self.mover.shape, self.mover.colour, center, self.mover.radius)
+
+    def frame(self, time: float) -> Image.Image:
+        image = self.still.copy()
+        _fill(image, self.mover_at(time), self.fill)
+        return image
+
+
+def sampled_times(count: int) -> list[float]:
+    """The middle of each of `count` equal spans of a clip: where the video reader samples `count` frames
+    (llava_batch.operators.video.frame_targets, as fractions of the duration)."""
+    return [(index + 0.5) / count for index in range(count)]
+
+
+@dataclass(frozen=True)
 class Sample:
     images: list[Image.Image]  # clean images, in prompt order
     prompt: str
@@ -115,6 +160,7 @@ class Sample:
         dict[str, Any] | None
     )  # vipllava: the annotation to draw with llava_batch.operators.visual_prompt
     shapes: list[list[DrawnShape]] = field(default_factory=list)  # per image, what was drawn (for checks)
+    scene: MovingScene | None = None  # the video task: the clip whose sampled frames are `images`
 
 
 def samples(family: str, split: str, count: int, seed: int) -> list[Sample]:
@@ -143,7 +189,8 @@ def answer_words(family: str) -> list[str]:
         return [f"a {c} {s} in the {corner}" for c in colours for s in shapes for corner in corners]
     if family == "vipllava":
         return [f"the {c} {s}" for c in colours for s in shapes]
-    return list(ORDINALS) + [f"{a}, {b}" for a in shapes for b in shapes]
+    motions = [f"the {c} shape moves {d}" for c in colours for d in DIRECTIONS]
+    return list(ORDINALS) + [f"{a}, {b}" for a in shapes for b in shapes] + motions
 
 
 def tokenizer_corpus() -> str:
@@ -198,8 +245,11 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 
 def _draw(image: Image.Image, rng: np.random.Generator, item: DrawnShape) -> None:
+    _fill(image, item, _colour_rgb(rng, item.colour))
+
+
+def _fill(image: Image.Image, item: DrawnShape, fill: tuple[int, int, int]) -> None:
     draw = ImageDraw.Draw(image)
-    fill = _colour_rgb(rng, item.colour)
     cx, cy = item.center
     if item.shape == "circle":
         draw.ellipse(item.xyxy, fill=fill)
@@ -248,13 +298,77 @@ def _grid_shapes(
 
 
 def _llava(rng: np.random.Generator) -> Sample:
-    side = int(_pick(rng, LLAVA_SIDES))
+    ratio_w, ratio_h = _pick(rng, LLAVA_RATIOS)
+    short = int(rng.integers(LLAVA_SHORT_SIDE[0], LLAVA_SHORT_SIDE[1] + 1))
+    width, height = (
+        (short * ratio_w // ratio_h, short) if ratio_w >= ratio_h else (short, short * ratio_h // ratio_w)
+    )
     colour, shape = _pick(rng, FAMILY_COLOURS["llava"]), _pick(rng, FAMILY_SHAPES["llava"])
     position = _pick(rng, tuple(HORIZONTAL_BANDS))
-    center = (side * rng.uniform(*HORIZONTAL_BANDS[position]), side * rng.uniform(0.32, 0.68))
-    item = DrawnShape(shape, colour, center, side * rng.uniform(0.15, 0.22))
-    image = _render(rng, (side, side), [item])
+    low, high = HORIZONTAL_BANDS[position]
+    # The whole shape stays inside the image: its reach from the centre bounds the radius in this band.
+    reach = {"on the left": high * width, "on the right": (1 - low) * width, "in the center": width / 2}[
+        position
+    ]
+    largest = min(LLAVA_RADIUS[1] * short, reach - 1, height / 2 - 1)
+    radius = rng.uniform(LLAVA_RADIUS[0] * short, max(LLAVA_RADIUS[0] * short, largest))
+    x_low, x_high = max(low * width, radius + 1), min(high * width, width - radius - 1)
+    y_low, y_high = max(0.3 * height, radius + 1), min(0.7 * height, height - radius - 1)
+    center = (rng.uniform(x_low, max(x_low, x_high)), rng.uniform(y_low, max(y_low, y_high)))
+    item = DrawnShape(shape, colour, center, radius)
+    image = Image.fromarray(_llava_background(rng, width, height))
+    _draw_smooth(image, rng, item)
     return Sample([image], _pick(rng, PROMPTS["llava"]), f"a {colour} {shape} {position}", None, [[item]])
+
+
+def _llava_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """One of three kinds: a linear two-tone gradient (`_background`), one flat tint, or a radial gradient."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return _background(rng, width, height)
+    start = rng.uniform(195, 255, 3)
+    if kind == 1:
+        pixels = np.broadcast_to(start, (height, width, 3)).copy()
+    else:
+        end = rng.uniform(195, 255, 3)
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        ramp = np.hypot(xs - cx, ys - cy)
+        ramp /= max(float(ramp.max()), 1e-9)
+        pixels = start + (end - start) * ramp[..., None]
+    pixels += rng.normal(0, rng.uniform(0, 4), (height, width, 3))
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+SMOOTH_SCALE = 4  # llava shapes are drawn at 4x into a mask and shrunk: anti-aliased edges
+
+
+def _draw_smooth(image: Image.Image, rng: np.random.Generator, item: DrawnShape) -> None:
+    """The shape with anti-aliased edges and varied proportions: a square's half side 0.8-0.9 r, a triangle
+    from slim to wide, a star's inner radius 0.38-0.5 r (other drawing programs use other conventions)."""
+    fill = _colour_rgb(rng, item.colour)
+    scale = SMOOTH_SCALE
+    mask = Image.new("L", (image.width * scale, image.height * scale), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy, r = item.center[0] * scale, item.center[1] * scale, item.radius * scale
+    if item.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    elif item.shape == "square":
+        half = r * rng.uniform(0.8, 0.9)
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=255)
+    elif item.shape == "triangle":
+        half_base, base = r * rng.uniform(0.85, 1.0), r * rng.uniform(0.5, 0.8)
+        draw.polygon([(cx, cy - r), (cx + half_base, cy + base), (cx - half_base, cy + base)], fill=255)
+    else:
+        inner = rng.uniform(0.38, 0.5)
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else r * inner
+            angle = np.radians(-90 + 36 * k)
+            points.append((cx + radius * np.cos(angle), cy + radius * np.sin(angle)))
+        draw.polygon(points, fill=255)
+    alpha = mask.resize(image.size, Image.Resampling.BOX)
+    image.paste(Image.new("RGB", image.size, fill), (0, 0), alpha)
 
 
 def _llava_next(rng: np.random.Generator) -> Sample:
@@ -299,9 +413,51 @@ def _vipllava(rng: np.random.Generator) -> Sample:
     return Sample([image], prompt, f"the {target.colour} {target.shape}", annotation, [items])
 
 
+def _moving_shape(rng: np.random.Generator) -> Sample:
+    """The video task: one shape slides across half the frame while a shape of another colour stays put in the
+    other half, so only the frames together tell which colour moves and which way."""
+    width, height = _pick(rng, VIDEO_SIZES)
+    side = min(width, height)
+    colours = FAMILY_COLOURS["llava_interleave"]
+    moving_colour, still_colour = (colours[int(i)] for i in rng.choice(len(colours), size=2, replace=False))
+    direction = _pick(rng, DIRECTIONS)
+    horizontal = direction in ("left", "right")
+    # The path runs along one half (a band at 0.27 or 0.73 across it); the still shape sits in the other half.
+    lane, other = (0.27, 0.73) if rng.random() < 0.5 else (0.73, 0.27)
+    start, stop = rng.uniform(0.18, 0.28), rng.uniform(0.72, 0.82)
+    if direction in ("left", "up"):
+        start, stop = 1 - start, 1 - stop
+    across = lane + rng.uniform(-0.03, 0.03)
+    still_along, still_across = rng.uniform(0.25, 0.75), other + rng.uniform(-0.03, 0.03)
+
+    def point(along: float, across: float) -> tuple[float, float]:
+        return (along * width, across * height) if horizontal else (across * width, along * height)
+
+    mover = DrawnShape(
+        _pick(rng, SHAPES), moving_colour, point(start, across), side * rng.uniform(0.13, 0.17)
+    )
+    still = DrawnShape(
+        _pick(rng, SHAPES), still_colour, point(still_along, still_across), side * rng.uniform(0.13, 0.17)
+    )
+    background = _render(rng, (width, height), [still])
+    scene = MovingScene(background, [still], mover, point(stop, across), _colour_rgb(rng, moving_colour))
+    times = sampled_times(int(_pick(rng, VIDEO_FRAME_COUNTS)))
+    return Sample(
+        [scene.frame(time) for time in times],
+        _pick(rng, VIDEO_PROMPTS),
+        f"the {moving_colour} shape moves {direction}",
+        None,
+        [[still, scene.mover_at(time)] for time in times],
+        scene,
+    )
+
+
 def _llava_interleave(rng: np.random.Generator) -> Sample:
+    task = rng.random()
+    if task >= 0.5:  # half the rows: the video task is the hardest to learn
+        return _moving_shape(rng)
     sizes = [_pick(rng, INTERLEAVE_SIZES) for _ in range(2)]
-    if rng.random() < 0.5:
+    if task < 0.25:
         counts = [int(c) for c in rng.choice([1, 2, 3], size=2, replace=False)]
         per_image = [
             _grid_shapes(rng, size, count, (0.1, 0.14), FAMILY_COLOURS["llava_interleave"], distinct=False)

@@ -56,8 +56,8 @@ class TrainSettings:
 
 DEFAULT_SETTINGS: dict[str, TrainSettings] = {
     "llava": TrainSettings(
-        steps=800, batch_size=32, lr=2e-3, train_samples=6000,
-        text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=3,
+        steps=5000, batch_size=32, lr=2e-3, train_samples=12000,
+        text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=3, image_size=48,
     ),
     "llava_next": TrainSettings(
         steps=800, batch_size=32, lr=2e-3, train_samples=6000,
@@ -68,7 +68,7 @@ DEFAULT_SETTINGS: dict[str, TrainSettings] = {
         text_hidden=128, text_layers=2, vision_hidden=48, vision_layers=None, image_size=48,
     ),
     "llava_interleave": TrainSettings(
-        steps=1000, batch_size=32, lr=2e-3, train_samples=6000,
+        steps=3600, batch_size=32, lr=2e-3, train_samples=12000,
         text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=2,
     ),
 }  # fmt: skip

@@ -19,8 +19,8 @@ from tests.support.cli_output import one_error_line
 
 pytestmark = pytest.mark.integration
 
-# models/llava: 32x32 crops in 8x8 patches -> 16 image tokens per image.
-IMAGE_TOKENS = 16
+# models/llava: 48x48 crops in 8x8 patches -> 36 image tokens per image.
+IMAGE_TOKENS = 36
 QUESTION = "What is in the image?"
 DOCS_PROMPT = f"USER: <image>\n{QUESTION} ASSISTANT:"
 
@@ -28,7 +28,7 @@ DOCS_PROMPT = f"USER: <image>\n{QUESTION} ASSISTANT:"
 def write_table(folder):
     """Rows (uid -> conversation, raw prompt, images); `answer` is the true caption where one is known."""
     shots = samples("llava", "heldout", 5, seed=0)
-    wrong_answer = "a green star on the right"  # the earlier turn must not decide the answer: the image does
+    wrong_answer = "a blue circle on the right"  # the earlier turn must not decide the answer: the image does
     rows = {
         "single": (
             [{"role": "user", "content": shots[0].prompt}],
@@ -59,10 +59,13 @@ def write_table(folder):
     )
     folder.mkdir(parents=True)
     pq.write_table(table, folder / "rows.parquet")
-    assert (
-        shots[0].answer == "a green circle on the left" and shots[4].answer == "a green square on the right"
-    )
+    assert shots[0].answer == "a red square in the center" and shots[4].answer == "a green star on the left"
     return {uid: shots_[0].answer for uid, (_, _, shots_) in rows.items() if len(shots_) == 1}
+
+
+def image_colour_and_shape(answer: str) -> str:
+    """'a green star on the left' -> 'a green star'."""
+    return " ".join(answer.split()[:3])
 
 
 def run(argv):
@@ -91,7 +94,10 @@ def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
     # Conversation run: string content gets the row's images first, in the first user turn.
     for uid in ("single", "multi_turn"):
         assert as_conversation[uid]["error"] is None
-        assert as_conversation[uid]["generated_text"] == answers[uid]
+    assert as_conversation["single"]["generated_text"] == answers["single"]
+    # The checkpoint was trained on one-turn prompts only: after an earlier exchange it names the colour and shape
+    # of the image (not of the earlier answer) and stops before the position.
+    assert as_conversation["multi_turn"]["generated_text"] == image_colour_and_shape(answers["multi_turn"])
     assert as_conversation["multi_turn"]["prompt"] == QUESTION
     assert as_conversation["two_images"]["error"] is None
     assert (
@@ -106,9 +112,11 @@ def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
     # Raw run: the docs' prompt strings verbatim, the same tokens and captions as the rendered conversations.
     for uid in ("single", "multi_turn", "docs_prompt"):
         assert as_raw[uid]["error"] is None
+    for uid in ("single", "docs_prompt"):
         assert as_raw[uid]["generated_text"] == answers[uid]
     for uid in ("single", "multi_turn"):
         assert as_raw[uid]["num_input_tokens"] == as_conversation[uid]["num_input_tokens"]
+        assert as_raw[uid]["generated_text"] == as_conversation[uid]["generated_text"]
     assert as_raw["docs_prompt"]["prompt"] == DOCS_PROMPT
     assert as_raw["two_images"]["error"] == (
         "preprocess: the raw prompt has 1 <image> placeholder(s) but the row has 2 image(s)"

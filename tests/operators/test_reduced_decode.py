@@ -39,8 +39,8 @@ def image_processor(family: str):
 
 
 def test_minimum_sizes_follow_each_processor_family():
-    # CLIP (shortest edge 32 / crop 32; VipLLaVA 48) and SigLIP (fixed 32x32): whatever the photo's shape.
-    assert decode_min_size(image_processor("llava"))(4032, 3024) == (32, 32)
+    # CLIP (shortest edge 48 / crop 48 for LLaVA and VipLLaVA) and SigLIP (fixed 32x32): whatever the photo's shape.
+    assert decode_min_size(image_processor("llava"))(4032, 3024) == (48, 48)
     assert decode_min_size(image_processor("vipllava"))(3024, 4032) == (48, 48)
     assert decode_min_size(image_processor("llava_interleave"))(4032, 3024) == (32, 32)
     # LLaVA-NeXT pinpoints (h, w) 32x64, 64x32, 64x64: the 64x64 grid fits a 4:3 photo as 64x48.

@@ -14,7 +14,10 @@ from llava_batch.training.shapes import (
     HORIZONTAL_BANDS,
     ORDINALS,
     PROMPTS,
+    VIDEO_FRAME_COUNTS,
+    VIDEO_PROMPTS,
     answer_words,
+    sampled_times,
     samples,
 )
 
@@ -118,7 +121,9 @@ def test_colour_at_each_shape_centre_and_shape_outline_match_the_record(family, 
             array = np.asarray(image)
             for item in items:
                 assert filled(array, item.center, item.colour), (sample.answer, item)
-                if item.radius >= 6:  # below that, circles and squares share most of their pixels
+                # Below 6 pixels, circles and squares share most of their pixels. The video task's answers
+                # name no shape (its small shapes sit at any sub-pixel phase): colour and place are checked.
+                if item.radius >= 6 and sample.scene is None:
                     assert classify(array, item) == item.shape, (sample.answer, item)
                     checked_shapes += 1
     assert checked_shapes >= 5
@@ -132,8 +137,17 @@ def test_llava_answer_is_colour_shape_and_horizontal_band(train_sets):
             name for name, (low, high) in HORIZONTAL_BANDS.items() if low <= item.center[0] / width <= high
         ]
         assert sample.answer == f"a {item.colour} {item.shape} {position}"
-        assert sample.images[0].size[0] == sample.images[0].size[1]  # square: CLIP's centre crop keeps it all
+        # At most 5:4 wide, so CLIP's centre crop keeps every band; the whole shape lies inside the image.
+        width, height = sample.images[0].size
+        assert 3 / 4 <= width / height <= 5 / 4
+        x0, y0, x1, y1 = item.xyxy
+        assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
         assert sample.visual_prompt is None
+    # Small shapes to shapes that fill most of the short side, and images from 32 to 224 pixels.
+    fractions = [s.shapes[0][0].radius / min(s.images[0].size) for s in train_sets["llava"]]
+    assert min(fractions) < 0.15 and max(fractions) > 0.3
+    sides = [min(s.images[0].size) for s in train_sets["llava"]]
+    assert min(sides) < 64 and max(sides) > 160
 
 
 def test_llava_next_answer_names_the_corner_and_images_vary_in_aspect_ratio(train_sets):
@@ -175,6 +189,8 @@ def test_vipllava_marks_exactly_the_shape_the_answer_names(train_sets):
 def test_interleave_answers_count_or_name_the_shapes_of_two_images(train_sets):
     prompts = set()
     for sample in train_sets["llava_interleave"]:
+        if sample.scene is not None:
+            continue  # the video task: the next test
         assert len(sample.images) == 2
         prompts.add(sample.prompt)
         counts = [len(items) for items in sample.shapes]
@@ -184,7 +200,40 @@ def test_interleave_answers_count_or_name_the_shapes_of_two_images(train_sets):
         else:
             assert counts == [1, 1]
             assert sample.answer == f"{sample.shapes[0][0].shape}, {sample.shapes[1][0].shape}"
-    assert prompts == set(PROMPTS["llava_interleave"])
+    assert prompts == set(PROMPTS["llava_interleave"][:2])
+
+
+def test_interleave_video_rows_are_a_clips_sampled_frames_and_name_what_moves_and_where(train_sets):
+    videos = [sample for sample in train_sets["llava_interleave"] if sample.scene is not None]
+    assert len(videos) >= COUNT // 5
+    directions, counts = set(), set()
+    for sample in videos:
+        assert sample.prompt in VIDEO_PROMPTS
+        scene = sample.scene
+        times = sampled_times(len(sample.images))
+        counts.add(len(sample.images))
+        # The row's images are the clip at the middle of equal spans, in time order: what the reader samples.
+        for image, time in zip(sample.images, times):
+            assert image.tobytes() == scene.frame(time).tobytes()
+        # The answer is the mover's colour and its direction, read from where it is drawn in the first and last
+        # frame; the still shape has another colour and is in the same place in every frame.
+        first, last = np.asarray(sample.images[0]), np.asarray(sample.images[-1])
+        (still,) = scene.still_shapes
+        assert still.colour != scene.mover.colour
+        assert filled(first, still.center, still.colour) and filled(last, still.center, still.colour)
+        start, end = scene.mover_at(times[0]), scene.mover_at(times[-1])
+        assert filled(first, start.center, scene.mover.colour) and filled(
+            last, end.center, scene.mover.colour
+        )
+        assert not filled(last, start.center, scene.mover.colour)  # it left its first place
+        dx, dy = np.subtract(end.center, start.center)
+        direction = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert max(abs(dx), abs(dy)) >= 0.3 * min(sample.images[0].size)  # plainly visible at 32 pixels
+        assert sample.answer == f"the {scene.mover.colour} shape moves {direction}"
+        directions.add(direction)
+    assert directions == {"left", "right", "up", "down"}
+    assert counts == set(VIDEO_FRAME_COUNTS)
+    assert sampled_times(4) == [0.125, 0.375, 0.625, 0.875]
 
 
 def test_bad_arguments_are_refused():
