@@ -1,9 +1,9 @@
 """The instruct job end to end: questions from the model, answers with the right image, LLaVA output, resume.
 
 The built-in llava checkpoint (models/llava) only learnt to caption shapes: whatever it is asked, it answers with
-the true caption of the image it sees. So stage 1 "asks" the caption, and every answer of stage 2, in every
-turn, must be the caption of that row's own image: a pipeline that mixes up images, drops the image in later
-turns or mis-renders the conversation fails.
+the true caption of the image it sees (in a later turn, its colour and shape only). So stage 1 "asks" the caption,
+and every answer of stage 2, in every turn, must be the caption of that row's own image: a pipeline that mixes up
+images, drops the image in later turns or mis-renders the conversation fails.
 """
 
 import json
@@ -13,6 +13,7 @@ import pytest
 
 from llava_batch.cli.main import main
 from llava_batch.operators.model_source import builtin_model_path
+from llava_batch.training.oracle import llava_answers_after_history
 from llava_batch.training.shapes import samples
 
 pytestmark = pytest.mark.integration
@@ -63,15 +64,20 @@ def test_instruct_writes_one_row_per_conversation_with_answers_for_its_own_image
     assert (
         broken["error"] == "decode: not an image: starts with 'not a png'" and broken["conversations"] is None
     )
+    # No two images share colour and shape, so a later turn that names them names its own image's.
+    assert len({" ".join(answer.split()[:3]) for answer in truth.values()}) == len(truth)
     for name, answer in truth.items():
         row = rows[f"{name}#q1"]
         assert row["error"] is None and row["image"] == str(folder / name)
+        later = row["conversations"][3]["value"]
         assert row["conversations"] == [
             {"from": "human", "value": f"<image>\n{answer}"},  # stage 1 "asked" this image's caption
             {"from": "gpt", "value": answer},
             {"from": "human", "value": "What do you see?"},  # no other question: the follow-up instruction
-            {"from": "gpt", "value": answer},
+            {"from": "gpt", "value": later},
         ]
+        # A later turn: the caption of the same image, or its colour and shape (the checkpoint often stops there).
+        assert later in llava_answers_after_history(answer), (name, later)
         assert json.loads(row["settings"])["questions"] == 2 and row["model"] == str(
             builtin_model_path("llava")
         )

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from llava_batch.cli.main import main
-from llava_batch.training.oracle import png_bytes
+from llava_batch.training.oracle import llava_answers_after_history, png_bytes
 from llava_batch.training.shapes import samples
 from tests.support.cli_output import one_error_line
 
@@ -63,11 +63,6 @@ def write_table(folder):
     return {uid: shots_[0].answer for uid, (_, _, shots_) in rows.items() if len(shots_) == 1}
 
 
-def image_colour_and_shape(answer: str) -> str:
-    """'a green star on the left' -> 'a green star'."""
-    return " ".join(answer.split()[:3])
-
-
 def run(argv):
     assert main(argv) == 0
     return {row["id"]: row for row in pq.read_table(argv[argv.index("--output") + 1]).to_pylist()}
@@ -95,9 +90,11 @@ def test_conversation_and_raw_prompt_columns_caption_correctly(tmp_path):
     for uid in ("single", "multi_turn"):
         assert as_conversation[uid]["error"] is None
     assert as_conversation["single"]["generated_text"] == answers["single"]
-    # The checkpoint was trained on one-turn prompts only: after an earlier exchange it names the colour and shape
-    # of the image (not of the earlier answer) and stops before the position.
-    assert as_conversation["multi_turn"]["generated_text"] == image_colour_and_shape(answers["multi_turn"])
+    # After an earlier exchange the checkpoint names the colour and shape of the image (not of the earlier answer);
+    # measured: "a green star", for "a green star on the left".
+    assert as_conversation["multi_turn"]["generated_text"] in llava_answers_after_history(
+        answers["multi_turn"]
+    )
     assert as_conversation["multi_turn"]["prompt"] == QUESTION
     assert as_conversation["two_images"]["error"] is None
     assert (
